@@ -1,0 +1,39 @@
+"""cai: Constitutional AI and RL from AI feedback on top of transformers and TRL.
+
+Everything the CLI does is a library call first. Heavy modules load lazily, so
+``import cai`` is quick.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved on first access.
+_LAZY = {
+    "Constitution": "cai.constitution",
+    "Principle": "cai.constitution",
+    "load_constitution": "cai.constitution",
+    "PromptTemplates": "cai.templates",
+    "load_model": "cai.models",
+    "SamplingParams": "cai.backends.base",
+    "Backend": "cai.backends.base",
+    "make_backend": "cai.backends",
+    "TransformersBackend": "cai.backends.transformers",
+    "load_prompts": "cai.data",
+    "DatasetWriter": "cai.data",
+    "to_hf_dataset": "cai.data",
+    "generate_responses": "cai.stages.responses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cai' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

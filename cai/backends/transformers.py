@@ -1,0 +1,263 @@
+"""The default backend: a transformers causal LM on one machine, batched.
+
+Prompts are sorted by length and padded on the left, so each batch wastes
+little compute on padding; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from cai.backends.base import ChoiceScores, Conversation, Generation, SamplingParams
+from cai.errors import UserInputError
+from cai.models import LoadedModel, load_model
+from cai.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+# Used only when a tokenizer has no chat template (base models): plain role-tagged turns.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+    "{% if not (loop.last and continue_final_message) %}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+class TransformersBackend:
+    """Generation and option scoring with a Hugging Face causal LM."""
+
+    def __init__(
+        self,
+        model: str | LoadedModel,
+        *,
+        batch_size: int = 32,
+        device: str | None = None,
+        dtype: str | None = None,
+        progress: bool = True,
+        max_context: int | None = None,
+    ) -> None:
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+        self.model = self.loaded.model
+        self.tokenizer = self.loaded.tokenizer
+        self.model_id = self.loaded.model_id
+        self.batch_size = batch_size
+        self.progress = progress
+        self._max_context = max_context
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._uses_fallback_template = not getattr(self.tokenizer, "chat_template", None)
+
+    # --- protocol ------------------------------------------------------------------
+
+    @property
+    def context_window(self) -> int:
+        if self._max_context:
+            return self._max_context
+        n = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        return int(n)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "device": self.loaded.device,
+            "dtype": str(self.loaded.dtype).replace("torch.", ""),
+            "batch_size": self.batch_size,
+            "model_path": self.loaded.path,
+            "chat_template": "fallback" if self._uses_fallback_template else "tokenizer",
+        }
+
+    def render(self, conversation: Conversation) -> str:
+        """The exact text the model sees for a conversation."""
+        continues = bool(conversation) and conversation[-1]["role"] == "assistant"
+        kwargs: dict[str, Any] = {
+            "tokenize": False,
+            "add_generation_prompt": not continues,
+            "continue_final_message": continues,
+        }
+        if self._uses_fallback_template:
+            kwargs["chat_template"] = FALLBACK_CHAT_TEMPLATE
+        return self.tokenizer.apply_chat_template(conversation, **kwargs)
+
+    def _encode(self, text: str) -> list[int]:
+        # The chat template already wrote the special tokens.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return len(self._encode(self.render(conversation)))
+
+    def generate(
+        self, conversations: Sequence[Conversation], params: SamplingParams
+    ) -> list[Generation]:
+        import torch
+
+        if not conversations:
+            return []
+        encoded = [self._encode(self.render(c)) for c in conversations]
+        budget = max(1, self.context_window - params.max_new_tokens)
+        truncated = [len(ids) > budget for ids in encoded]
+        encoded = [ids[-budget:] for ids in encoded]  # keep the end: the question and the turn
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[Generation | None] = [None] * len(encoded)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        eos_ids = self._eos_ids()
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": sorted(eos_ids),
+        }
+        if params.temperature and params.temperature > 0:
+            gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with progress_bar(total=len(order), desc="generate", unit="seq", enabled=self.progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                input_ids, attention = self._left_pad([encoded[i] for i in idx])
+                with torch.inference_mode():
+                    out = self.model.generate(input_ids=input_ids, attention_mask=attention, **gen_kwargs)
+                new = out[:, input_ids.shape[1] :].tolist()
+                for row, i in enumerate(idx):
+                    toks = new[row]
+                    cut = next((k for k, t in enumerate(toks) if t in eos_ids), None)
+                    kept = toks if cut is None else toks[:cut]
+                    text = self.tokenizer.decode(kept, skip_special_tokens=True)
+                    results[i] = Generation(
+                        text=text.strip(),
+                        prompt_tokens=len(encoded[i]),
+                        completion_tokens=len(kept) + (0 if cut is None else 1),
+                        finish_reason="length" if cut is None else "stop",
+                        truncated=truncated[i],
+                    )
+                bar.update(len(idx))
+        return [r for r in results if r is not None]
+
+    def check_options(self, options: Sequence[str]) -> None:
+        if len(options) < 2:
+            raise UserInputError("choice scoring needs at least two options")
+        seqs = []
+        unk = self.tokenizer.unk_token_id
+        for opt in options:
+            if not opt:
+                raise UserInputError("an option is empty; options must be non-empty strings like 'A'")
+            ids = self._encode("(" + opt)[len(self._encode("(")) :] or self._encode(opt)
+            if not ids or (unk is not None and unk in ids):
+                raise UserInputError(
+                    f"option '{opt}' cannot be represented by the tokenizer of {self.model_id}; "
+                    "use plain letters like 'A' and 'B'"
+                )
+            seqs.append(tuple(ids))
+        if len(set(seqs)) != len(seqs):
+            raise UserInputError(
+                f"options {list(options)} tokenize identically for {self.model_id}; use distinct options"
+            )
+
+    def choice_logprobs(
+        self, conversations: Sequence[Conversation], options: Sequence[str]
+    ) -> list[ChoiceScores]:
+        import torch
+
+        self.check_options(options)
+        if not conversations:
+            return []
+        budget = self.context_window - 8
+        # Per conversation: prompt ids, and per option the (context, continuation) split.
+        jobs: list[tuple[list[int], list[tuple[list[int], list[int]]], bool]] = []
+        for conv in conversations:
+            text = self.render(conv)
+            prompt = self._encode(text)
+            splits = []
+            for opt in options:
+                full = self._encode(text + opt)
+                common = _common_prefix(prompt, full)
+                if common == len(full):  # option vanished into the prompt's last token
+                    common = len(full) - 1
+                splits.append((full[:common], full[common:]))
+            cut = max(0, max(len(c) + len(o) for c, o in splits) - budget)
+            splits = [(c[cut:], o) for c, o in splits]
+            jobs.append((prompt[cut:], splits, cut > 0))
+
+        results: list[ChoiceScores | None] = [None] * len(jobs)
+        fast = [
+            i
+            for i, (prompt, splits, _) in enumerate(jobs)
+            if all(c == prompt and len(o) == 1 for c, o in splits)
+        ]
+        slow = [i for i in range(len(jobs)) if i not in set(fast)]
+        total = len(fast) + len(slow) * len(options)
+        with progress_bar(total=total, desc="score", unit="seq", enabled=self.progress) as bar:
+            # Fast path: every option is one next token after the same prompt -> one forward pass.
+            order = sorted(fast, key=lambda i: -len(jobs[i][0]))
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                ids, mask = self._left_pad([jobs[i][0] for i in idx])
+                with torch.inference_mode():
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                for row, i in enumerate(idx):
+                    raw = [logp[row, o[0]].item() for _, o in jobs[i][1]]
+                    results[i] = _normalise(raw, jobs[i][2])
+                bar.update(len(idx))
+            # General path: score each option's continuation tokens (multi-token or boundary merges).
+            seqs = [(i, k) for i in slow for k in range(len(options))]
+            seqs.sort(key=lambda ik: -sum(map(len, jobs[ik[0]][1][ik[1]])))
+            raw_scores: dict[tuple[int, int], float] = {}
+            for start in range(0, len(seqs), self.batch_size):
+                chunk = seqs[start : start + self.batch_size]
+                full = [jobs[i][1][k][0] + jobs[i][1][k][1] for i, k in chunk]
+                ids, mask = self._left_pad(full)
+                with torch.inference_mode():
+                    logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+                width = ids.shape[1]
+                for row, (i, k) in enumerate(chunk):
+                    cont = jobs[i][1][k][1]
+                    n = len(cont)
+                    positions = torch.arange(width - n - 1, width - 1)
+                    targets = torch.tensor(cont)
+                    raw_scores[(i, k)] = logp[row, positions, targets].sum().item()
+                bar.update(len(chunk))
+            for i in slow:
+                results[i] = _normalise([raw_scores[(i, k)] for k in range(len(options))], jobs[i][2])
+        return [r for r in results if r is not None]
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return ids
+
+    def _left_pad(self, seqs: list[list[int]]):
+        import torch
+
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            if s:
+                ids[row, width - len(s) :] = torch.tensor(s)
+                mask[row, width - len(s) :] = 1
+        dev = self.model.device
+        return ids.to(dev), mask.to(dev)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _normalise(raw: list[float], truncated: bool) -> ChoiceScores:
+    import math
+
+    top = max(raw)
+    z = top + math.log(sum(math.exp(r - top) for r in raw))
+    return ChoiceScores(logprobs=[r - z for r in raw], truncated=truncated, extra={"raw_logprobs": raw})

@@ -1,0 +1,51 @@
+"""`cai generate ...`: the data-making stages. Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from cai.cli.options import (
+    make_backend_from_options,
+    model_options,
+    output_options,
+    print_summary,
+    sampling_options,
+)
+
+
+@click.group("generate")
+def group() -> None:
+    """Generate datasets: responses, revisions, preferences, chain-of-thought, prompts."""
+
+
+@group.command("responses")
+@click.option("--prompts", "-p", "prompts_path", required=True, type=click.Path(exists=True),
+              help="Prompt set: .jsonl (prompt or messages), .csv, .txt, or a dataset directory.")
+@click.option("--constitution", "-c", default=None, help="Constitution whose system prompt to use.")
+@click.option("--template-dir", type=click.Path(file_okay=False), default=None)
+@model_options
+@sampling_options
+@output_options
+def responses(prompts_path, constitution, template_dir, model, backend_kind, batch_size, device, dtype,
+              max_new_tokens, temperature, top_p, seed, out, overwrite, limit, chunk_size) -> None:
+    """Sample one response per prompt from a model; writes a resumable dataset directory."""
+    from cai.cli.options import sampling_from_options
+    from cai.constitution import load_constitution
+    from cai.data import DatasetWriter, load_prompts
+    from cai.stages import responses as stage
+    from cai.stages.runner import run_stage
+    from cai.templates import PromptTemplates
+
+    c = load_constitution(constitution) if constitution else None
+    templates = PromptTemplates(template_dir, constitution=c)
+    templates.validate({stage.TEMPLATE: stage.PROVIDES})
+    records = load_prompts(prompts_path, limit=limit)
+    params = sampling_from_options(max_new_tokens, temperature, top_p, seed)
+    backend = make_backend_from_options(model, backend_kind, batch_size, device, dtype)
+    writer = DatasetWriter(out, kind="responses", fingerprint=stage.fingerprint(backend, templates, params, c),
+                           provenance={"prompts": str(prompts_path)}, overwrite=overwrite)
+    stats = run_stage(records, writer,
+                      lambda chunk: stage.generate_responses(chunk, backend, templates, params=params, constitution=c),
+                      chunk_size=chunk_size, desc="responses")
+    result = writer.finalize(stats.to_dict(), title="cai responses")
+    print_summary("responses", out, result)

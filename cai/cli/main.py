@@ -1,0 +1,61 @@
+"""Entry point: the `cai` group, error handling, and the command groups."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from cai import __version__
+from cai.errors import CaiError
+
+
+class CaiGroup(click.Group):
+    """Turns cai's own errors into one line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CaiError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; rerun the same command to resume.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=CaiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cai")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def cli(verbose: bool) -> None:
+    """Constitutional AI and RL from AI feedback.
+
+    Write a constitution, generate critique-and-revise data and AI preference
+    labels, and train with TRL, one stage or one whole round at a time.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _register() -> None:
+    from cai.cli import constitution, data, generate, prompts
+
+    cli.add_command(constitution.group)
+    cli.add_command(prompts.group)
+    cli.add_command(generate.group)
+    cli.add_command(data.group)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="cai")
+
+
+if __name__ == "__main__":
+    main()

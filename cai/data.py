@@ -1,0 +1,385 @@
+"""Prompt sets in, dataset directories out.
+
+A dataset directory holds:
+
+* ``data.jsonl`` — good rows, appended while the stage runs (TRL-native columns);
+* ``failures.jsonl`` — rows that failed (raw model text and a reason), never silently dropped;
+* ``cai_dataset.json`` — machine-readable provenance: kind, fingerprint, counts, summary;
+* ``README.md`` — the dataset card (Hugging Face front matter + provenance).
+
+Row ids are deterministic hashes of a row's inputs, so rerunning the same command
+skips what is done: nothing is lost and nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from cai.errors import DataError
+
+Conversation = list[dict[str, str]]
+
+DATA_FILE = "data.jsonl"
+FAILURES_FILE = "failures.jsonl"
+META_FILE = "cai_dataset.json"
+CARD_FILE = "README.md"
+
+#: Dataset kinds and the command that makes each; training uses this to refuse the wrong kind.
+KINDS = {
+    "responses": "cai generate responses",
+    "sft": "cai generate revisions / cai generate cot",
+    "preference": "cai generate preferences / cai generate revisions (preference view)",
+    "prompts": "cai generate prompts / cai data dedup",
+}
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# --- prompt sets ------------------------------------------------------------------------
+
+
+@dataclass
+class PromptRecord:
+    """One prompt: its conversation so far (ending with a user turn) and any extra fields."""
+
+    messages: Conversation
+    id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = stable_hash(self.messages)
+
+    @property
+    def text(self) -> str:
+        """The last user message: what a one-turn prompt set calls 'prompt'."""
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
+
+def _record_from_obj(obj: Any, where: str) -> PromptRecord:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object with a 'prompt' or 'messages' field")
+    extra = {k: v for k, v in obj.items() if k not in ("prompt", "messages", "id")}
+    if isinstance(obj.get("messages"), list):
+        msgs = obj["messages"]
+        ok = all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in msgs
+        )
+        if not msgs or not ok or msgs[-1]["role"] != "user":
+            raise DataError(
+                f"{where}: 'messages' must be a list of {{role, content}} ending with a user turn"
+            )
+        messages = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    elif isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
+        messages = [{"role": "user", "content": obj["prompt"].strip()}]
+    else:
+        raise DataError(f"{where}: no 'prompt' (non-empty text) or 'messages' field; add one")
+    rid = str(obj["id"]) if obj.get("id") not in (None, "") else ""
+    return PromptRecord(messages=messages, id=rid, extra=extra)
+
+
+def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRecord]:
+    """Load a prompt set: .jsonl, .csv, .txt, a saved HF dataset, or a cai dataset directory."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: prompt file not found; check the path")
+    records: list[PromptRecord] = []
+    if p.is_dir():
+        if (p / DATA_FILE).is_file():
+            return load_prompts(p / DATA_FILE, limit=limit)
+        try:
+            import datasets
+
+            ds = datasets.load_from_disk(str(p))
+        except Exception as e:  # datasets raises several types for a non-dataset dir
+            raise DataError(f"{p}: not a saved Hugging Face dataset ({e}); use save_to_disk output") from None
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        for i, obj in enumerate(ds):
+            records.append(_record_from_obj(obj, f"{p}[row {i}]"))
+            if limit and len(records) >= limit:
+                break
+    elif p.suffix == ".jsonl" or p.suffix == ".json":
+        with p.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
+                records.append(_record_from_obj(obj, f"{p}:{lineno}"))
+                if limit and len(records) >= limit:
+                    break
+    elif p.suffix == ".csv":
+        with p.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise DataError(f"{p}:1: CSV needs a 'prompt' column in its header row")
+            for lineno, obj in enumerate(reader, start=2):
+                records.append(_record_from_obj({k: v for k, v in obj.items() if k}, f"{p}:{lineno}"))
+                if limit and len(records) >= limit:
+                    break
+    elif p.suffix == ".txt":
+        with p.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    records.append(PromptRecord(messages=[{"role": "user", "content": line.strip()}]))
+                    if limit and len(records) >= limit:
+                        break
+    else:
+        raise DataError(f"{p}: unknown prompt file type; use .jsonl, .csv, .txt or a dataset directory")
+    if not records:
+        raise DataError(f"{p}: no prompts found; the file is empty")
+    return _dedup_ids(records)
+
+
+def _dedup_ids(records: list[PromptRecord]) -> list[PromptRecord]:
+    # Identical prompts would share an id; keep the first so resume stays exact.
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.id not in seen:
+            seen.add(r.id)
+            out.append(r)
+    return out
+
+
+# --- dataset directories ------------------------------------------------------------------
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a half-written last line left by a kill, so appends stay valid JSONL."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        f.seek(cut)
+        f.truncate()
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return
+    with p.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line from an interrupted write
+
+
+def read_rows(directory: str | Path) -> list[dict[str, Any]]:
+    return list(read_jsonl(Path(directory) / DATA_FILE))
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise DataError(f"{directory}: not a cai dataset directory (no {META_FILE}); make one with cai generate ...")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def dataset_kind(directory: str | Path) -> str:
+    return read_meta(directory).get("kind", "unknown")
+
+
+class DatasetWriter:
+    """Append-only, resumable writer for one dataset directory.
+
+    ``fingerprint`` is everything that determines the rows (constitution hash,
+    template hashes, models, sampling parameters). Reopening a directory made with
+    another fingerprint is refused, so a resumed run never mixes settings.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        kind: str,
+        fingerprint: dict[str, Any],
+        provenance: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        from cai import __version__
+
+        self.dir = Path(directory)
+        self.kind = kind
+        self.fingerprint = fingerprint
+        self.fingerprint_hash = stable_hash(fingerprint, length=64)
+        self.provenance = {"cai_version": __version__, **(provenance or {}), **fingerprint}
+        self.data_path = self.dir / DATA_FILE
+        self.fail_path = self.dir / FAILURES_FILE
+        meta_path = self.dir / META_FILE
+        if overwrite and self.dir.exists():
+            for name in (DATA_FILE, FAILURES_FILE, META_FILE, CARD_FILE):
+                (self.dir / name).unlink(missing_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            if old.get("fingerprint_hash") != self.fingerprint_hash or old.get("kind") != kind:
+                changed = sorted(
+                    k for k in set(old.get("fingerprint", {})) | set(fingerprint)
+                    if old.get("fingerprint", {}).get(k) != fingerprint.get(k)
+                ) or ["kind"]
+                raise DataError(
+                    f"{self.dir}: holds a dataset made with other settings ({', '.join(changed)} differ); "
+                    "use a new --out directory, or --overwrite to start again"
+                )
+        else:
+            self.started = time.time()
+            self._write_meta(status="running", counts={}, summary={})
+        _repair_tail(self.data_path)
+        _repair_tail(self.fail_path)
+        self.done_ids: set[str] = {r["id"] for r in read_jsonl(self.data_path) if "id" in r}
+        self.failed_ids: set[str] = {r["id"] for r in read_jsonl(self.fail_path) if "id" in r}
+
+    def is_done(self, row_id: str) -> bool:
+        """Done or recorded as failed: a resume skips both."""
+        return row_id in self.done_ids or row_id in self.failed_ids
+
+    def _append(self, path: Path, rows: Iterable[dict[str, Any]]) -> int:
+        n = 0
+        with path.open("a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        return n
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> int:
+        fresh = [r for r in rows if r["id"] not in self.done_ids]
+        self.done_ids.update(r["id"] for r in fresh)
+        return self._append(self.data_path, fresh)
+
+    def write_failures(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Each failure row needs ``id``, ``reason`` and the ``raw`` model text."""
+        fresh = [r for r in rows if r["id"] not in self.failed_ids]
+        self.failed_ids.update(r["id"] for r in fresh)
+        return self._append(self.fail_path, fresh)
+
+    def counts(self) -> dict[str, int]:
+        return {"rows": len(self.done_ids), "failed": len(self.failed_ids)}
+
+    def _write_meta(self, *, status: str, counts: dict[str, int], summary: dict[str, Any]) -> None:
+        meta = {
+            "kind": self.kind,
+            "status": status,
+            "fingerprint_hash": self.fingerprint_hash,
+            "fingerprint": self.fingerprint,
+            "provenance": self.provenance,
+            "counts": counts,
+            "summary": summary,
+        }
+        tmp = self.dir / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        tmp.replace(self.dir / META_FILE)
+
+    def finalize(self, summary: dict[str, Any] | None = None, *, title: str | None = None) -> dict[str, Any]:
+        """Mark complete and write the dataset card. Returns the counts and summary."""
+        counts = self.counts()
+        summary = dict(summary or {})
+        self._write_meta(status="complete", counts=counts, summary=summary)
+        write_card(self.dir, kind=self.kind, provenance=self.provenance, counts=counts, summary=summary, title=title)
+        return {"counts": counts, "summary": summary}
+
+
+def write_card(
+    directory: Path,
+    *,
+    kind: str,
+    provenance: dict[str, Any],
+    counts: dict[str, int],
+    summary: dict[str, Any],
+    title: str | None = None,
+) -> Path:
+    """A Hugging Face dataset card: front matter so the Hub reads data.jsonl, then provenance."""
+    extra_configs = ""
+    if (directory / "preference" / DATA_FILE).exists():
+        extra_configs = "  - config_name: preference\n    data_files: preference/data.jsonl\n"
+    c = provenance.get("constitution") or {}
+    lines = [
+        "---",
+        "configs:",
+        "  - config_name: default",
+        f"    data_files: {DATA_FILE}",
+        extra_configs.rstrip("\n"),
+        "tags: [cai, constitutional-ai, rlaif, synthetic]",
+        "---",
+        "",
+        f"# {title or f'cai {kind} dataset'}",
+        "",
+        f"Made by `cai` {provenance.get('cai_version', '')}. Kind: **{kind}**. "
+        f"Rows: **{counts.get('rows', 0)}**, failed rows: **{counts.get('failed', 0)}** "
+        f"(in `{FAILURES_FILE}`, with the raw model text and the reason).",
+        "",
+    ]
+    if c:
+        lines += [f"Constitution: `{c.get('name')}` v{c.get('version')} (sha256 `{str(c.get('sha256', ''))[:16]}`).", ""]
+    lines += [
+        "Load it:",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f"ds = load_dataset('json', data_files='{directory.name}/{DATA_FILE}', split='train')",
+        "```",
+        "",
+        "## Summary",
+        "",
+        "```json",
+        json.dumps(summary, indent=2, ensure_ascii=False, default=str),
+        "```",
+        "",
+        "## Provenance",
+        "",
+        "```json",
+        json.dumps(provenance, indent=2, ensure_ascii=False, default=str),
+        "```",
+        "",
+    ]
+    path = directory / CARD_FILE
+    path.write_text("\n".join(l for l in lines if l is not None), encoding="utf-8")
+    return path
+
+
+def to_hf_dataset(directory: str | Path, *, config: str = "default"):
+    """The dataset directory as a `datasets.Dataset` (what TRL trainers take)."""
+    import datasets
+
+    d = Path(directory)
+    path = d / DATA_FILE if config == "default" else d / config / DATA_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; is {d} a finished cai dataset directory?")
+    return datasets.load_dataset("json", data_files=str(path), split="train")
+
+
+def export_dataset(directory: str | Path, out: str | Path, *, fmt: str = "parquet") -> Path:
+    """Write the rows as parquet, jsonl, or a `save_to_disk` directory."""
+    ds = to_hf_dataset(directory)
+    out = Path(out)
+    if fmt == "parquet":
+        ds.to_parquet(str(out))
+    elif fmt == "jsonl":
+        ds.to_json(str(out), lines=True, force_ascii=False)
+    elif fmt == "hf":
+        ds.save_to_disk(str(out))
+    else:
+        raise DataError(f"export format '{fmt}' unknown; use parquet, jsonl or hf")
+    return out

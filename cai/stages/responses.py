@@ -1,0 +1,84 @@
+"""Plain responses from a policy: the first stage of everything, and `cai generate responses`."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from cai.backends.base import Backend, SamplingParams
+from cai.constitution import Constitution
+from cai.data import PromptRecord
+from cai.stages.runner import ChunkResult
+from cai.templates import Conversation, PromptTemplates
+
+TEMPLATE = "initial_response"
+#: Variables the initial_response template is given.
+PROVIDES = {"prompt", "constitution"}
+
+
+def policy_conversation(
+    record: PromptRecord,
+    templates: PromptTemplates,
+    constitution: Constitution | None = None,
+) -> Conversation:
+    """The record's conversation, its last user turn rendered through the initial_response template."""
+    rendered = templates.render_messages(
+        TEMPLATE,
+        prompt=record.text,
+        constitution=constitution,
+        system_prompt=constitution.system_prompt if constitution else None,
+    )
+    history = record.messages[:-1]
+    if history and history[0]["role"] == "system":
+        rendered = [m for m in rendered if m["role"] != "system"]
+    return history + rendered
+
+
+def generate_responses(
+    records: Sequence[PromptRecord],
+    backend: Backend,
+    templates: PromptTemplates,
+    *,
+    params: SamplingParams,
+    constitution: Constitution | None = None,
+) -> ChunkResult:
+    """One response per record, in one batched backend call. Empty outputs are failures."""
+    convs = [policy_conversation(r, templates, constitution) for r in records]
+    gens = backend.generate(convs, params)
+    out = ChunkResult()
+    for rec, conv, gen in zip(records, convs, gens):
+        out.prompt_tokens += gen.prompt_tokens
+        out.completion_tokens += gen.completion_tokens
+        if not gen.text.strip():
+            out.failures.append({"id": rec.id, "prompt": rec.text, "raw": gen.text, "reason": "empty"})
+            continue
+        row: dict[str, Any] = {
+            "id": rec.id,
+            "prompt": rec.text,
+            "messages": record_messages(rec) + [{"role": "assistant", "content": gen.text}],
+            "response": gen.text,
+            "finish_reason": gen.finish_reason,
+            "completion_tokens": gen.completion_tokens,
+            **({"extra": rec.extra} if rec.extra else {}),
+        }
+        out.rows.append(row)
+    return out
+
+
+def record_messages(record: PromptRecord) -> Conversation:
+    """The conversation as stored in datasets: the user's own words, not the rendered template."""
+    return [dict(m) for m in record.messages]
+
+
+def fingerprint(
+    backend: Backend, templates: PromptTemplates, params: SamplingParams, constitution: Constitution | None
+) -> dict[str, Any]:
+    return {
+        "stage": "responses",
+        "policy": backend.model_id,
+        "templates": {k: v["sha256"] for k, v in templates.provenance([TEMPLATE]).items()},
+        "sampling": params.to_dict(),
+        "constitution": constitution.provenance() if constitution else None,
+    }
+
+
+__all__ = ["generate_responses", "policy_conversation", "fingerprint"]

@@ -1,0 +1,98 @@
+"""Drive a stage over a prompt set in chunks, writing as it goes, so a kill loses at most a chunk.
+
+A stage is a function ``process(records) -> ChunkResult``; it makes its backend
+calls over the whole chunk at once. The runner skips records already written,
+streams the rest through, and keeps the token counts for the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from cai.data import DatasetWriter, PromptRecord
+from cai.progress import progress_bar
+
+
+@dataclass
+class ChunkResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: Stage-specific tallies (e.g. degenerate outputs by reason), summed over chunks.
+    tallies: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: "ChunkResult") -> None:
+        self.rows += other.rows
+        self.failures += other.failures
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        for k, v in other.tallies.items():
+            self.tallies[k] = self.tallies.get(k, 0) + v
+
+
+@dataclass
+class StageStats:
+    done_before: int = 0
+    rows: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    tallies: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "skipped_already_done": self.done_before,
+            "new_rows": self.rows,
+            "new_failed": self.failed,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 2),
+            "completion_tokens_per_s": round(self.tokens_per_s, 2),
+            **({"tallies": self.tallies} if self.tallies else {}),
+        }
+
+
+def run_stage(
+    records: Sequence[PromptRecord],
+    writer: DatasetWriter,
+    process: Callable[[list[PromptRecord]], ChunkResult],
+    *,
+    chunk_size: int = 64,
+    desc: str = "stage",
+    row_key: Callable[[PromptRecord], str] | None = None,
+    progress: bool = True,
+) -> StageStats:
+    """Run ``process`` over the records not yet in ``writer``, chunk by chunk.
+
+    ``row_key`` maps a record to the id its output rows are stored under (default:
+    the record's id); a stage emitting several rows per record stores a
+    ``source_id`` and passes a key that checks it.
+    """
+    key = row_key or (lambda r: r.id)
+    todo = [r for r in records if not writer.is_done(key(r))]
+    stats = StageStats(done_before=len(records) - len(todo))
+    started = time.perf_counter()
+    with progress_bar(total=len(records), desc=desc, unit="prompt", enabled=progress) as bar:
+        bar.update(stats.done_before)
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            result = process(chunk)
+            writer.write_failures(result.failures)
+            writer.write(result.rows)
+            stats.rows += len(result.rows)
+            stats.failed += len(result.failures)
+            stats.prompt_tokens += result.prompt_tokens
+            stats.completion_tokens += result.completion_tokens
+            for k, v in result.tallies.items():
+                stats.tallies[k] = stats.tallies.get(k, 0) + v
+            bar.update(len(chunk))
+    stats.seconds = time.perf_counter() - started
+    return stats

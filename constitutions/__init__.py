@@ -1,0 +1,1 @@
+"""Shipped constitutions (package data). See README.md for the format."""

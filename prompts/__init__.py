@@ -1,0 +1,1 @@
+"""Shipped Jinja prompt templates (package data)."""
