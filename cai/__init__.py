@@ -26,6 +26,8 @@ _LAZY = {
     "DatasetWriter": "cai.data",
     "to_hf_dataset": "cai.data",
     "generate_responses": "cai.stages.responses",
+    "ConstitutionJudge": "cai.judge",
+    "Judgement": "cai.judge",
 }
 
 

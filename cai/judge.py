@@ -1,0 +1,420 @@
+"""The constitution judge: P(response A is better than response B) by a principle, as a soft label.
+
+The feedback model sees the conversation, one principle's comparison question and
+two options, and the judge reads the probability of the option letters as the next
+token after ``The better response is (`` — one forward pass, no generation.
+
+* **Both orders** (default): each pair is also scored with the responses swapped,
+  and p = mean(P(A | A first), 1 - P(A-slot | B first)). Small models pick a
+  slot rather than an answer; averaging cancels that, and ``position_consistent``
+  says whether the two orders agreed at all.
+* **Principle ensembling**: m principles per pair (or all), averaged. Which
+  principles a pair gets is a deterministic function of the seed and the pair.
+* **Chain of thought**: generate a rationale first (``preference_cot`` template),
+  then score the letter after it; each probability is clamped into ``cot_band``
+  (CAI used [0.4, 0.6]) because CoT answers are overconfident.
+
+Every ``compare`` call makes exactly one ``choice_logprobs`` call over all pairs ×
+principles × orders (plus one ``generate`` call in CoT mode).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from cai.backends.base import Backend, Conversation, SamplingParams
+from cai.constitution import Constitution, Principle
+from cai.errors import UserInputError
+from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
+
+TEMPLATE = "preference"
+COT_TEMPLATE = "preference_cot"
+#: What both preference templates are given (see cai.templates.TEMPLATE_VARIABLES).
+PROVIDES = TEMPLATE_VARIABLES[TEMPLATE]
+#: Appended after a CoT rationale so the next token is the option letter.
+COT_ANSWER_PREFIX = "Therefore, the better response is ("
+#: Option letters, scored as the continuation of a prefix ending in "(".
+OPTIONS = ("A", "B")
+#: Tokens kept free in the context window besides the prompt (the option itself, slack).
+_SCORE_RESERVE = 8
+_TRUNCATION_MARK = " [...]"
+
+PromptLike = str | Conversation
+
+
+@dataclass
+class Judgement:
+    """The judge's verdict on one pair (A = responses_a[i], B = responses_b[i])."""
+
+    #: P(A better): mean over principles of the (both-order) per-principle probability.
+    p_a: float
+    #: P(A better) with A shown first (slot "A"), averaged over principles.
+    p_a_first: float
+    #: P(A better) with A shown second, already flipped (1 - P(slot A)); None with one order.
+    p_a_second: float | None
+    #: Both orders prefer the same response (ties count as inconsistent); None with one order.
+    position_consistent: bool | None
+    principle_ids: list[str]
+    #: principle id -> P(A better) for that principle (both orders averaged).
+    per_principle: dict[str, float]
+    #: CoT rationales, one per (principle, order), in the order of ``details``; empty without CoT.
+    rationales: list[str] = field(default_factory=list)
+    #: The pair (or the conversation) had to be cut to fit the context window.
+    truncated: bool = False
+    #: Skipped (on_overflow="skip"): p_a is NaN and nothing was scored.
+    skipped: bool = False
+    notes: list[str] = field(default_factory=list)
+    #: One entry per scored conversation: principle_id, order ("ab"/"ba"), p_slot_a, p_a (after clamping).
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def confidence(self) -> float:
+        """|p_a - 0.5|: 0 is a coin flip, 0.5 is certainty."""
+        return abs(self.p_a - 0.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_conversation(prompt: PromptLike) -> Conversation:
+    """A prompt as chat messages: a string becomes one user turn."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) and "content" in m for m in prompt):
+        return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in prompt]
+    raise UserInputError(
+        f"a prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}"
+    )
+
+
+def completion_text(completion: Any) -> str:
+    """TRL completions are strings, or (conversational) a list of assistant messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, Mapping))
+    raise UserInputError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+def _last_user_text(conv: Conversation) -> str:
+    return next((m["content"] for m in reversed(conv) if m["role"] == "user"), conv[-1]["content"] if conv else "")
+
+
+class ConstitutionJudge:
+    """A constitution and a feedback backend that give P(A better than B) for pairs of responses."""
+
+    def __init__(
+        self,
+        constitution: Constitution,
+        backend: Backend,
+        *,
+        templates: PromptTemplates | None = None,
+        principles: int | Literal["all"] = 1,
+        both_orders: bool = True,
+        cot: bool = False,
+        cot_band: tuple[float, float] = (0.4, 0.6),
+        seed: int = 0,
+        cot_params: SamplingParams | None = None,
+        on_overflow: Literal["truncate", "skip"] = "truncate",
+        options: tuple[str, str] = OPTIONS,
+        cot_answer_prefix: str = COT_ANSWER_PREFIX,
+    ) -> None:
+        if principles != "all" and not (isinstance(principles, int) and principles >= 1):
+            raise UserInputError(f"principles per pair must be a positive integer or 'all', got {principles!r}")
+        lo, hi = cot_band
+        if not (0.0 <= lo <= 0.5 <= hi <= 1.0):
+            raise UserInputError(f"cot_band {cot_band} must satisfy 0 <= low <= 0.5 <= high <= 1")
+        if on_overflow not in ("truncate", "skip"):
+            raise UserInputError(f"on_overflow must be 'truncate' or 'skip', got {on_overflow!r}")
+        if len(options) != 2:
+            raise UserInputError("the judge compares two responses; give exactly two options")
+        self.constitution = constitution
+        self.backend = backend
+        self.templates = templates or PromptTemplates(constitution=constitution)
+        self.principles = principles
+        self.both_orders = both_orders
+        self.cot = cot
+        self.cot_band = (float(lo), float(hi))
+        self.seed = seed
+        self.cot_params = cot_params or SamplingParams(max_new_tokens=128, temperature=0.0, seed=seed)
+        self.on_overflow = on_overflow
+        self.options = tuple(options)
+        self.cot_answer_prefix = cot_answer_prefix
+        self.pool: list[Principle] = [p for p in constitution.principles if p.comparison_question]
+        if not self.pool:  # raises the ConstitutionError that names the file and the fix
+            constitution.sample_principles(1, random.Random(0), require_comparison=True)
+        self.templates.validate({self.template_names[-1]: PROVIDES})
+        self._options_checked = False
+
+    # --- configuration --------------------------------------------------------------
+
+    @property
+    def template_names(self) -> list[str]:
+        return [COT_TEMPLATE] if self.cot else [TEMPLATE]
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything that determines the labels; goes into dataset fingerprints."""
+        return {
+            "feedback_model": self.backend.model_id,
+            "constitution": self.constitution.provenance(),
+            "templates": {k: v["sha256"] for k, v in self.templates.provenance(self.template_names).items()},
+            "principles_per_pair": self.principles,
+            "both_orders": self.both_orders,
+            "cot": self.cot,
+            **({"cot_band": list(self.cot_band), "cot_sampling": self.cot_params.to_dict(),
+                "cot_answer_prefix": self.cot_answer_prefix} if self.cot else {}),
+            "options": list(self.options),
+            "on_overflow": self.on_overflow,
+            "seed": self.seed,
+        }
+
+    def check_options(self) -> None:
+        """Fail before any work when the feedback tokenizer cannot tell the options apart."""
+        if not self._options_checked:
+            self.backend.check_options(self.options)
+            self._options_checked = True
+
+    def select_principles(self, conversation: Conversation, response_a: str, response_b: str) -> list[Principle]:
+        """The principles for one pair: all, or m drawn by weight, seeded by (seed, pair)."""
+        if self.principles == "all":
+            return list(self.pool)
+        from cai.data import stable_hash
+
+        key = stable_hash(self.seed, conversation, sorted([response_a, response_b]))
+        rng = random.Random(int(key, 16))
+        return self.constitution.sample_principles(self.principles, rng, unique=True, require_comparison=True)
+
+    # --- rendering ------------------------------------------------------------------
+
+    def render(self, conversation: Conversation, principle: Principle, first: str, second: str) -> Conversation:
+        """The feedback conversation showing ``first`` as option (A) and ``second`` as (B)."""
+        return self.templates.render_messages(
+            self.template_names[0],
+            prompt=_last_user_text(conversation),
+            conversation=conversation,
+            response_a=first,
+            response_b=second,
+            question=principle.comparison_question,
+            principle=principle,
+            constitution=self.constitution,
+        )
+
+    def _fit(
+        self, conversation: Conversation, principles: list[Principle], a: str, b: str
+    ) -> tuple[str, str, list[str], bool]:
+        """Cut both responses (from the end) until the longest rendering fits the context window.
+
+        Returns (a, b, notes, fits). Token counts come from the backend's own tokenizer.
+        """
+        reserve = _SCORE_RESERVE + (self.cot_params.max_new_tokens + 16 if self.cot else 0)
+        budget = self.backend.context_window - reserve
+        longest = max(principles, key=lambda p: len(p.comparison_question or ""))
+        n = self.backend.count_tokens(self.render(conversation, longest, a, b))
+        if n <= budget:
+            return a, b, [], True
+        if self.on_overflow == "skip":
+            return a, b, [f"skipped: pair needs {n} tokens, context window allows {budget}"], False
+        overhead = self.backend.count_tokens(self.render(conversation, longest, "", ""))
+        room = budget - overhead
+        if room < 16:
+            return a, b, [f"skipped: the conversation alone needs {overhead} tokens of {budget}"], False
+        note = f"truncated: pair needed {n} tokens, context window allows {budget}; responses cut from the end"
+        # Shrink the longer response first, by token ratio, re-measuring each time (tokenizers differ).
+        base = self.backend.count_tokens([{"role": "user", "content": ""}])
+        for _ in range(16):
+            ta = self.backend.count_tokens([{"role": "user", "content": a}]) - base
+            tb = self.backend.count_tokens([{"role": "user", "content": b}]) - base
+            excess = n - budget
+            if ta >= tb:
+                a = _cut(a, 1 - (excess + 4) / max(ta, 1))
+            else:
+                b = _cut(b, 1 - (excess + 4) / max(tb, 1))
+            n = self.backend.count_tokens(self.render(conversation, longest, a, b))
+            if n <= budget:
+                return a, b, [note], True
+        return a, b, [note + " (still too long; the backend cut the conversation from the left)"], True
+
+    # --- judging --------------------------------------------------------------------
+
+    def compare(
+        self,
+        prompts: Sequence[PromptLike],
+        responses_a: Sequence[str],
+        responses_b: Sequence[str],
+    ) -> list[Judgement]:
+        """Judge each pair (prompts[i], responses_a[i], responses_b[i]); batched into one scoring call."""
+        if not (len(prompts) == len(responses_a) == len(responses_b)):
+            raise UserInputError(
+                f"compare needs as many prompts as response pairs ({len(prompts)}, {len(responses_a)}, "
+                f"{len(responses_b)})"
+            )
+        self.check_options()
+        convs = [as_conversation(p) for p in prompts]
+        orders = ("ab", "ba") if self.both_orders else ("ab",)
+        plans: list[dict[str, Any]] = []
+        jobs: list[tuple[int, Principle, str, Conversation]] = []  # (pair, principle, order, conversation)
+        for i, (conv, a, b) in enumerate(zip(convs, responses_a, responses_b)):
+            a, b = str(a), str(b)
+            chosen = self.select_principles(conv, a, b)
+            a_fit, b_fit, notes, fits = self._fit(conv, chosen, a, b)
+            plans.append({"principles": chosen, "notes": notes, "skipped": not fits, "truncated": bool(notes) and fits})
+            if not fits:
+                continue
+            for p in chosen:
+                for order in orders:
+                    first, second = (a_fit, b_fit) if order == "ab" else (b_fit, a_fit)
+                    jobs.append((i, p, order, self.render(conv, p, first, second)))
+
+        rationales: list[str] = [""] * len(jobs)
+        to_score = [job[3] for job in jobs]
+        if self.cot and jobs:
+            gens = self.backend.generate(to_score, self.cot_params)
+            rationales = [g.text.strip() for g in gens]
+            to_score = [
+                conv[:-1] + [{"role": "assistant", "content": f"{conv[-1]['content']} {r}\n{self.cot_answer_prefix}"}]
+                for conv, r in zip(to_score, rationales)
+            ]
+        scores = self.backend.choice_logprobs(to_score, self.options) if jobs else []
+
+        per_pair: list[list[dict[str, Any]]] = [[] for _ in plans]
+        for (i, p, order, _), rationale, s in zip(jobs, rationales, scores):
+            p_slot_a = math.exp(s.logprobs[0])
+            p_a = p_slot_a if order == "ab" else 1.0 - p_slot_a
+            entry: dict[str, Any] = {"principle_id": p.id, "order": order, "p_slot_a": p_slot_a}
+            if self.cot:
+                entry["p_a_unclamped"] = p_a
+                p_a = min(max(p_a, self.cot_band[0]), self.cot_band[1])
+                entry["rationale"] = rationale
+            entry["p_a"] = p_a
+            entry["truncated"] = s.truncated
+            per_pair[i].append(entry)
+
+        out: list[Judgement] = []
+        for plan, entries in zip(plans, per_pair):
+            ids = [p.id for p in plan["principles"]]
+            if plan["skipped"]:
+                nan = float("nan")
+                out.append(Judgement(p_a=nan, p_a_first=nan, p_a_second=None, position_consistent=None,
+                                     principle_ids=ids, per_principle={}, skipped=True, notes=plan["notes"]))
+                continue
+            out.append(self._aggregate(ids, entries, plan))
+        return out
+
+    def _aggregate(self, ids: list[str], entries: list[dict[str, Any]], plan: dict[str, Any]) -> Judgement:
+        per_principle: dict[str, float] = {}
+        for pid in dict.fromkeys(ids):
+            vals = [e["p_a"] for e in entries if e["principle_id"] == pid]
+            per_principle[pid] = sum(vals) / len(vals)
+        # Each principle counts once per time it was drawn (sampling is without replacement, so once).
+        p_a = sum(per_principle[pid] for pid in ids) / len(ids)
+        first = [e["p_a"] for e in entries if e["order"] == "ab"]
+        second = [e["p_a"] for e in entries if e["order"] == "ba"]
+        p_first = sum(first) / len(first)
+        p_second = sum(second) / len(second) if second else None
+        consistent = None if p_second is None else (p_first - 0.5) * (p_second - 0.5) > 0
+        notes = list(plan["notes"])
+        truncated = plan["truncated"]
+        if any(e["truncated"] for e in entries):
+            truncated = True
+            notes.append("the backend cut the feedback conversation from the left to fit its context window")
+        return Judgement(
+            p_a=p_a, p_a_first=p_first, p_a_second=p_second, position_consistent=consistent,
+            principle_ids=ids, per_principle=per_principle,
+            rationales=[e["rationale"] for e in entries] if self.cot else [],
+            truncated=truncated, notes=notes, details=entries,
+        )
+
+    # --- TRL reward functions -------------------------------------------------------
+
+    def reward_func(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        """TRL ``reward_funcs`` signature; group mode (see ``as_reward_func``)."""
+        return self._group_rewards(prompts, completions)
+
+    def as_reward_func(
+        self,
+        reference_completions: Mapping[str, str] | None = None,
+        *,
+        reference_column: str | None = None,
+        name: str = "constitution_judge",
+    ) -> Callable[..., list[float]]:
+        """A callable ``(prompts, completions, **kwargs) -> list[float]`` for TRL's online trainers.
+
+        Rewards are probabilities in [0, 1]:
+
+        * with ``reference_completions`` (prompt text -> reference answer) or
+          ``reference_column`` (a dataset column TRL passes through as a kwarg):
+          P(completion better than the reference), both orders;
+        * otherwise (group mode): completions sharing a prompt (GRPO/RLOO groups)
+          are judged pairwise, each unordered pair once; a completion's reward is
+          its mean P(better) against the others in its group (0.5 when alone).
+        """
+        if reference_completions is None and reference_column is None:
+            def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+                return self._group_rewards(prompts, completions)
+        else:
+            def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+                refs = self._references(prompts, reference_completions, reference_column, kwargs)
+                texts = [completion_text(c) for c in completions]
+                return [j.p_a if not j.skipped else 0.5 for j in self.compare(list(prompts), texts, refs)]
+        reward.__name__ = name  # TRL logs rewards under the function's name
+        reward.__qualname__ = name
+        return reward
+
+    def _references(
+        self,
+        prompts: Sequence[Any],
+        mapping: Mapping[str, str] | None,
+        column: str | None,
+        kwargs: Mapping[str, Any],
+    ) -> list[str]:
+        if column is not None:
+            if column not in kwargs:
+                raise UserInputError(
+                    f"reference column '{column}' is not among the dataset columns passed to the reward "
+                    f"function ({', '.join(sorted(kwargs)) or 'none'}); add it to the dataset"
+                )
+            return [completion_text(r) for r in kwargs[column]]
+        refs = []
+        for p in prompts:
+            key = _last_user_text(as_conversation(p))
+            if mapping is None or key not in mapping:
+                raise UserInputError(f"no reference completion for prompt {key[:60]!r}; add it to the mapping")
+            refs.append(mapping[key])
+        return refs
+
+    def _group_rewards(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
+        if len(prompts) != len(completions):
+            raise UserInputError(f"{len(prompts)} prompts but {len(completions)} completions")
+        texts = [completion_text(c) for c in completions]
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(json.dumps(as_conversation(p), sort_keys=True), []).append(i)
+        pairs = [(g[x], g[y]) for g in groups.values() for x in range(len(g)) for y in range(x + 1, len(g))]
+        totals = [0.0] * len(texts)
+        if pairs:
+            verdicts = self.compare([prompts[i] for i, _ in pairs], [texts[i] for i, _ in pairs],
+                                    [texts[j] for _, j in pairs])
+            for (i, j), v in zip(pairs, verdicts):
+                p = 0.5 if v.skipped else v.p_a
+                totals[i] += p
+                totals[j] += 1.0 - p
+        sizes = {i: len(g) for g in groups.values() for i in g}
+        return [totals[i] / (sizes[i] - 1) if sizes[i] > 1 else 0.5 for i in range(len(texts))]
+
+
+def _cut(text: str, keep: float) -> str:
+    """Keep the first ``keep`` fraction of the text (at a word boundary when possible) and mark the cut."""
+    text = text.removesuffix(_TRUNCATION_MARK)
+    n = max(0, int(len(text) * min(max(keep, 0.0), 0.9)))
+    head = text[:n]
+    if " " in head[n // 2 :]:
+        head = head[: head.rfind(" ")]
+    return head.rstrip() + _TRUNCATION_MARK
+
+
+__all__ = ["ConstitutionJudge", "Judgement", "as_conversation", "completion_text", "OPTIONS", "COT_ANSWER_PREFIX"]
