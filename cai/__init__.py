@@ -28,6 +28,14 @@ _LAZY = {
     "generate_responses": "cai.stages.responses",
     "ConstitutionJudge": "cai.judge",
     "Judgement": "cai.judge",
+    "label_preferences": "cai.stages.label",
+    "run_preferences": "cai.stages.label",
+    "LabelConfig": "cai.stages.label",
+    "revise": "cai.stages.revise",
+    "run_revisions": "cai.stages.revise",
+    "ReviseConfig": "cai.stages.revise",
+    "run_synthetic_prompts": "cai.stages.synthetic",
+    "dedup_texts": "cai.dedup",
 }
 
 

@@ -49,3 +49,13 @@ def responses(prompts_path, constitution, template_dir, model, backend_kind, bat
                       chunk_size=chunk_size, desc="responses")
     result = writer.finalize(stats.to_dict(), title="cai responses")
     print_summary("responses", out, result)
+
+
+from cai.cli.preferences import preferences as _preferences  # noqa: E402
+
+group.add_command(_preferences)
+
+from cai.cli.revisions import prompts as _prompts, revisions as _revisions  # noqa: E402
+
+group.add_command(_revisions)
+group.add_command(_prompts)
