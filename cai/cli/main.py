@@ -49,6 +49,10 @@ def _register() -> None:
     cli.add_command(generate.group)
     cli.add_command(data.group)
 
+    from cai.cli import serve
+
+    cli.add_command(serve.serve)
+
 
 _register()
 
