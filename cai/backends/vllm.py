@@ -1,0 +1,206 @@
+"""vLLM backend (``pip install 'cai[vllm]'``): generation and choice log-probs on GPUs.
+
+- Prompts are rendered with the model's own chat template (the same rules as the
+  transformers backend: a final assistant message is continued) and handed to
+  vLLM as token ids, so both backends see identical inputs.
+- Choice scoring appends each option to the rendered prompt and reads vLLM's
+  ``prompt_logprobs`` for the option's tokens (summed when an option spans
+  several); prefix caching makes the shared prompt nearly free. One call, no
+  generation beyond a single throwaway token.
+- ``tensor_parallel_size`` splits a model over the GPUs of a node;
+  ``pipeline_parallel_size`` over nodes. Multi-node runs use vLLM's Ray
+  executor: start a Ray cluster first and pass ``distributed_executor_backend="ray"``.
+
+Written against vLLM's documented ``LLM``/``SamplingParams`` API (``LLM.generate``
+with ``{"prompt_token_ids": ...}`` prompts and a list of per-prompt params).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Sequence
+
+from cai.backends.base import ChoiceScores, Conversation, Generation, SamplingParams
+from cai.errors import UserInputError
+from cai.models import load_tokenizer, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise UserInputError("the vllm backend needs vLLM and a GPU: pip install 'cai[vllm]'") from None
+    return vllm
+
+
+class VLLMBackend:
+    """A model served in-process by ``vllm.LLM``."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        distributed_executor_backend: str | None = None,
+        dtype: str | None = "auto",
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        enforce_eager: bool = False,
+        trust_remote_code: bool = False,
+        progress: bool = True,
+        llm: Any = None,
+        **_ignored: Any,  # batch_size/device from the shared CLI options: vLLM schedules its own batches
+    ) -> None:
+        vllm = _import_vllm()
+        self._vllm = vllm
+        self.model_id = model
+        self.path = resolve_model_path(model)
+        self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        self.progress = progress
+        self.settings = {
+            "tensor_parallel_size": tensor_parallel_size,
+            "pipeline_parallel_size": pipeline_parallel_size,
+            "distributed_executor_backend": distributed_executor_backend,
+            "dtype": dtype or "auto",
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "seed": seed,
+            "enforce_eager": enforce_eager,
+        }
+        if llm is None:
+            kwargs = {k: v for k, v in self.settings.items() if v is not None}
+            llm = vllm.LLM(model=self.path, tokenizer=self.path, trust_remote_code=trust_remote_code, **kwargs)
+        self.llm = llm
+        self._context = _max_model_len(llm) or max_model_len or 2048
+        self._fallback_template = not getattr(self.tokenizer, "chat_template", None)
+
+    # --- protocol ------------------------------------------------------------------
+
+    @property
+    def context_window(self) -> int:
+        return self._context
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_path": self.path, "vllm_version": getattr(self._vllm, "__version__", "?"),
+                **{k: v for k, v in self.settings.items() if v is not None}}
+
+    def render(self, conversation: Conversation) -> str:
+        from cai.backends.transformers import FALLBACK_CHAT_TEMPLATE
+
+        continues = bool(conversation) and conversation[-1]["role"] == "assistant"
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": not continues,
+                                  "continue_final_message": continues}
+        if self._fallback_template:
+            kwargs["chat_template"] = FALLBACK_CHAT_TEMPLATE
+        return self.tokenizer.apply_chat_template(conversation, **kwargs)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return len(self._encode(self.render(conversation)))
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
+        if not conversations:
+            return []
+        budget = max(1, self.context_window - params.max_new_tokens)
+        encoded = [self._encode(self.render(c)) for c in conversations]
+        greedy = not params.temperature or params.temperature <= 0
+        per_prompt = [
+            self._vllm.SamplingParams(
+                max_tokens=params.max_new_tokens,
+                temperature=0.0 if greedy else params.temperature,
+                top_p=1.0 if greedy else params.top_p,
+                seed=None if params.seed is None else params.seed + i,  # distinct, reproducible per row
+            )
+            for i in range(len(encoded))
+        ]
+        prompts = [{"prompt_token_ids": ids[-budget:]} for ids in encoded]
+        outputs = self.llm.generate(prompts, per_prompt, use_tqdm=self.progress)
+        results = []
+        for ids, out in zip(encoded, outputs):  # vLLM returns outputs in prompt order
+            comp = out.outputs[0]
+            results.append(Generation(
+                text=comp.text.strip(),
+                prompt_tokens=min(len(ids), budget),
+                completion_tokens=len(comp.token_ids),
+                finish_reason="length" if comp.finish_reason == "length" else "stop",
+                truncated=len(ids) > budget,
+            ))
+        return results
+
+    def check_options(self, options: Sequence[str]) -> None:
+        if len(options) < 2:
+            raise UserInputError("choice scoring needs at least two options")
+        seqs = []
+        for opt in options:
+            if not opt:
+                raise UserInputError("an option is empty; options must be non-empty strings like 'A'")
+            ids = self._encode("(" + opt)[len(self._encode("(")) :] or self._encode(opt)
+            if not ids:
+                raise UserInputError(f"option '{opt}' cannot be represented by the tokenizer of {self.model_id}")
+            seqs.append(tuple(ids))
+        if len(set(seqs)) != len(seqs):
+            raise UserInputError(f"options {list(options)} tokenize identically for {self.model_id}; use distinct options")
+
+    def choice_logprobs(self, conversations: Sequence[Conversation], options: Sequence[str]) -> list[ChoiceScores]:
+        self.check_options(options)
+        if not conversations:
+            return []
+        budget = self.context_window - 1
+        seqs: list[list[int]] = []
+        spans: list[int] = []  # how many trailing tokens of each sequence belong to the option
+        truncated: list[bool] = []
+        for conv in conversations:
+            text = self.render(conv)
+            prompt = self._encode(text)
+            cut_any = False
+            for opt in options:
+                full = self._encode(text + opt)
+                common = min(_common_prefix(prompt, full), len(full) - 1)  # an option is at least one token
+                cut_any |= len(full) > budget
+                seqs.append(full[-budget:])
+                spans.append(len(full) - common)
+            truncated.append(cut_any)
+        sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], sp, use_tqdm=self.progress)
+        raw: list[float] = []
+        for seq, n, out in zip(seqs, spans, outputs):
+            plp = out.prompt_logprobs  # one {token_id: Logprob} per prompt position; position 0 is None
+            n = min(n, len(seq) - 1)  # position 0 has no log-prob (nothing precedes it)
+            raw.append(sum(plp[j][seq[j]].logprob for j in range(len(seq) - n, len(seq))))
+        k = len(options)
+        return [_normalise(raw[i * k : (i + 1) * k], truncated[i]) for i in range(len(conversations))]
+
+
+def _max_model_len(llm: Any) -> int | None:
+    for path in (("llm_engine", "model_config", "max_model_len"), ("model_config", "max_model_len")):
+        obj = llm
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, int):
+            return obj
+    return None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _normalise(raw: list[float], truncated: bool) -> ChoiceScores:
+    top = max(raw)
+    z = top + math.log(sum(math.exp(r - top) for r in raw))
+    return ChoiceScores(logprobs=[r - z for r in raw], truncated=truncated, extra={"raw_logprobs": raw})
+
+
+__all__ = ["VLLMBackend"]
