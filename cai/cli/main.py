@@ -53,6 +53,10 @@ def _register() -> None:
 
     cli.add_command(serve.serve)
 
+    from cai.cli import train
+
+    cli.add_command(train.group)
+
 
 _register()
 

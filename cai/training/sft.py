@@ -73,7 +73,12 @@ def build_sft_trainer(
         model=policy, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
         peft_config=lora_config("CAUSAL_LM") if lora else None,
     )
-    ctx = {"cfg": cfg, "settings": settings, "data": data_provenance(data_dir, meta, len(rows)), "tokenizer": tok}
+    kept = len(trainer.train_dataset)
+    if kept == 0:  # TRL drops rows whose answer was cut off entirely by max_length
+        raise DataError(f"{data_dir}: no row keeps any answer tokens within max_length={cfg.max_length}; "
+                        "raise --max-length")
+    data = {**data_provenance(data_dir, meta, len(rows)), "rows_trained": kept}
+    ctx = {"cfg": cfg, "settings": settings, "data": data, "tokenizer": tok}
     return trainer, ctx
 
 
