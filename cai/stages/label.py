@@ -217,7 +217,7 @@ def labeller_statistics(rows: Sequence[dict[str, Any]], failures: Sequence[dict[
     p_first_sampled = [r["p_chosen"] if r["chosen_index"] == r["pair"][0] else 1 - r["p_chosen"] for r in labelled]
     bins = [0] * 10
     for p in p_first_sampled:
-        bins[min(int(p * 10), 9)] += 1
+        bins[min(int(p * 10 + 1e-9), 9)] += 1  # 1 - 0.9 is 0.0999...: keep it in its bin
     # Slot A won an order when P(chosen) > 0.5 with chosen in A, or < 0.5 with chosen in B.
     slot_a = [r["p_first_order"] > 0.5 for r in labelled]
     slot_a += [r["p_second_order"] < 0.5 for r in labelled if r.get("p_second_order") is not None]
