@@ -40,6 +40,11 @@ _LAZY = {
     "ReviseConfig": "cai.stages.revise",
     "run_synthetic_prompts": "cai.stages.synthetic",
     "dedup_texts": "cai.dedup",
+    "generate_cot": "cai.stages.cot",
+    "run_cot": "cai.stages.cot",
+    "CotConfig": "cai.stages.cot",
+    "load_questions": "cai.stages.cot",
+    "AnswerExtractor": "cai.answers",
 }
 
 

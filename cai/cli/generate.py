@@ -59,3 +59,7 @@ from cai.cli.revisions import prompts as _prompts, revisions as _revisions  # no
 
 group.add_command(_revisions)
 group.add_command(_prompts)
+
+from cai.cli.cot import cot as _cot  # noqa: E402
+
+group.add_command(_cot)
