@@ -11,6 +11,17 @@ import torch
 from cai.data import DatasetWriter, PromptRecord
 from cai.errors import DataError, UserInputError
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy shared CPU, spinning threads made steps ~30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 FAST = {"max_steps": 2, "learning_rate": 1e-3, "max_length": 64}
 
 
@@ -218,7 +229,7 @@ def test_ppo_trains_policy(prompts_file, tiny_model_dir, reward_model_dir, tmp_p
     result = train_ppo(prompts_file, str(tiny_model_dir), str(reward_model_dir), tmp_path / "ppo-out",
                        max_steps=2, learning_rate=1e-3, response_length=8, kl_coef=0.1, num_ppo_epochs=1)
     summary = _check_saved_policy(result, before)
-    assert summary["episodes"] == 4 and summary["settings" if False else "config"]["kl_coef"] == 0.1
+    assert summary["episodes"] == 4 and summary["config"]["kl_coef"] == 0.1
     assert len(summary["rewards"]) == 2
 
 
@@ -240,7 +251,7 @@ def test_group_trainers(name, prompts_file, tiny_model_dir, reward_model_dir, tm
                 per_device_train_batch_size=2)
     summary = _check_saved_policy(result, before)
     assert summary["data"]["reward_functions"] == [f"reward_model:{reward_model_dir}", "judge:_length_judge"]
-    assert summary["config"]["beta"] == 0.05
+    assert summary["config"]["beta"] == 0.05 and len(summary["rewards"]) == 2
 
 
 # --- errors before any model loads -------------------------------------------------------------
@@ -294,3 +305,13 @@ def test_in_memory_prompts_accepted():
 
     records, prov = load_prompt_records([PromptRecord(messages=[{"role": "user", "content": "hi"}])])
     assert len(records) == 1 and prov["source"] == "in-memory"
+
+
+def test_importing_cai_training_does_not_import_trl():
+    import subprocess
+    import sys
+
+    code = ("import sys, cai.training, cai.training.sft, cai.training.reward, cai.training.ppo, "
+            "cai.training.grpo, cai.training.rloo, cai.training.dpo, cai.cli.train; "
+            "assert 'trl' not in sys.modules, 'trl imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
