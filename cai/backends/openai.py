@@ -11,6 +11,7 @@ Stdlib only (urllib + a thread pool): no client SDK to keep in step with.
   one: its true value is at most that) and is listed in ``extra["missing"]``.
 - Retries: 429, 5xx, timeouts and dropped connections are retried with
   exponential backoff, honouring ``Retry-After``; other 4xx fail at once.
+  ``timeout`` bounds each socket operation (connect, each read), as in urllib.
 - The API key is read from an environment variable, sent only in the
   ``Authorization`` header, and redacted from every error; it is never logged
   nor put in provenance.
@@ -24,6 +25,7 @@ when asked (``continue_final_message=True`` adds vLLM's
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import logging
 import math
@@ -243,7 +245,7 @@ class OpenAIBackend:
             if isinstance(e.reason, (TimeoutError, socket.timeout)):
                 raise _Retryable(f"timed out after {self.timeout}s") from None
             raise _Retryable(f"cannot connect ({self._redact(str(e.reason))})") from None
-        except (ConnectionError, http_client_errors()) as e:
+        except (ConnectionError, http.client.HTTPException) as e:
             raise _Retryable(f"connection dropped ({type(e).__name__})") from None
         try:
             return json.loads(payload)
@@ -301,12 +303,6 @@ class OpenAIBackend:
             extra["missing"] = missing
             extra["floor_logprob"] = floor
         return ChoiceScores(logprobs=[r - z for r in raw], extra=extra)
-
-
-def http_client_errors() -> type[Exception]:
-    import http.client
-
-    return http.client.HTTPException
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:

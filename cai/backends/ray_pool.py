@@ -92,7 +92,10 @@ class RayBackend:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             # address=None lets Ray read $RAY_ADDRESS, else start a local cluster.
-            ray.init(address=address, include_dashboard=False, **(init_kwargs or {}))
+            # Worker logs stay out of the CLI's output; their errors come back as exceptions.
+            options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+                       **(init_kwargs or {})}
+            ray.init(address=address, **options)
         actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_Replica)
         self.actors = [actor.remote(factory) for _ in range(replicas)]
         try:
