@@ -76,6 +76,7 @@ def cpu_friendly_defaults() -> dict[str, Any]:
         "seed": 0,
         "disable_tqdm": os.environ.get("CAI_NO_PROGRESS") == "1",
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
     }
 
 
@@ -300,6 +301,9 @@ def save_trained(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
+    ckpt = out / CHECKPOINT_SUBDIR
+    if ckpt.is_dir() and not any(ckpt.iterdir()):
+        ckpt.rmdir()  # TRL creates output_dir even when it saves no checkpoint
     tokenizer.save_pretrained(out)
     summary = {
         **summary,
