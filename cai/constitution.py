@@ -29,12 +29,12 @@ import json
 import random
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.errors import ConstitutionError
+from cai.yamlfile import parse_yaml_model
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -156,86 +156,12 @@ class Constitution(_Strict):
 # --- loading ------------------------------------------------------------------------
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key, for error messages."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-    lines = {}
-    for key_node, _ in node.value:
-        lines[key_node.value] = key_node.start_mark.line + 1
-    mapping_lines = getattr(loader, "_cai_lines", {})
-    mapping_lines[id(mapping)] = (node.start_mark.line + 1, lines)
-    loader._cai_lines = mapping_lines  # type: ignore[attr-defined]
-    return mapping
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _line_of(data: Any, loc: Sequence[Any], lines: dict[int, tuple[int, dict]]) -> int | None:
-    """Best line number for a pydantic error location, walking the parsed data."""
-    node = data
-    best: int | None = None
-    for part in loc:
-        info = lines.get(id(node)) if isinstance(node, dict) else None
-        if info is not None:
-            best = info[1].get(part, info[0])
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            inner = lines.get(id(node)) if isinstance(node, dict) else None
-            if inner is not None:
-                best = inner[0]
-        else:
-            break
-    return best
-
-
-def _describe(err: dict) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"field '{loc}': unknown key; remove it or check its spelling"
-    if kind == "missing":
-        return f"field '{loc}': required field is missing; add it"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    return f"field '{loc}': {msg}" if loc else msg
-
-
 def parse_constitution(text: str, source: str = "<string>") -> Constitution:
     """Parse YAML or JSON text into a Constitution, raising ConstitutionError with file:line."""
-    lines: dict[int, tuple[int, dict]] = {}
-    try:
-        loader = _LineLoader(text)
-        try:
-            data = loader.get_single_data()
-            lines = getattr(loader, "_cai_lines", {})
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConstitutionError(
-            f"{where}: malformed YAML ({problem}); check indentation and quoting on that line"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConstitutionError(
-            f"{source}: expected a mapping with name, version and principles at the top level"
-        )
-    try:
-        c = Constitution.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        line = _line_of(data, err["loc"], lines)
-        where = f"{source}:{line}" if line else source
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ConstitutionError(f"{where}: {_describe(err)}{more}") from None
+    c = parse_yaml_model(
+        text, source, Constitution, ConstitutionError,
+        top_level="a mapping with name, version and principles at the top level",
+    )
     return c.model_copy(update={"source": source})
 
 
