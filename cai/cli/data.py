@@ -37,3 +37,8 @@ def export(directory: str, out: str, fmt: str, push_to_hub: str | None) -> None:
     if push_to_hub:
         to_hf_dataset(directory).push_to_hub(push_to_hub)
         click.echo(f"pushed to {push_to_hub}")
+
+
+from cai.cli.revisions import dedup as _dedup  # noqa: E402
+
+group.add_command(_dedup)
