@@ -31,23 +31,19 @@ def responses(prompts_path, constitution, template_dir, model, backend_kind, bat
     """Sample one response per prompt from a model; writes a resumable dataset directory."""
     from cai.cli.options import sampling_from_options
     from cai.constitution import load_constitution
-    from cai.data import DatasetWriter, load_prompts
-    from cai.stages import responses as stage
-    from cai.stages.runner import run_stage
-    from cai.templates import PromptTemplates
+    from cai.data import load_prompts
+    from cai.stages.responses import run_responses
+    from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 
     c = load_constitution(constitution) if constitution else None
     templates = PromptTemplates(template_dir, constitution=c)
-    templates.validate({stage.TEMPLATE: stage.PROVIDES})
+    templates.validate({"initial_response": TEMPLATE_VARIABLES["initial_response"]})  # before the model loads
     records = load_prompts(prompts_path, limit=limit)
     params = sampling_from_options(max_new_tokens, temperature, top_p, seed)
     backend = make_backend_from_options(model, backend_kind, batch_size, device, dtype)
-    writer = DatasetWriter(out, kind="responses", fingerprint=stage.fingerprint(backend, templates, params, c),
-                           provenance={"prompts": str(prompts_path)}, overwrite=overwrite)
-    stats = run_stage(records, writer,
-                      lambda chunk: stage.generate_responses(chunk, backend, templates, params=params, constitution=c),
-                      chunk_size=chunk_size, desc="responses")
-    result = writer.finalize(stats.to_dict(), title="cai responses")
+    result = run_responses(records, out, backend, params=params, templates=templates, constitution=c,
+                           overwrite=overwrite, chunk_size=chunk_size,
+                           extra_provenance={"prompts": str(prompts_path)})
     print_summary("responses", out, result)
 
 

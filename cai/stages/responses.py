@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from cai.backends.base import Backend, SamplingParams
@@ -81,4 +82,36 @@ def fingerprint(
     }
 
 
-__all__ = ["generate_responses", "policy_conversation", "fingerprint"]
+def run_responses(
+    records: Sequence[PromptRecord],
+    out_dir: str | Path,
+    backend: Backend,
+    *,
+    params: SamplingParams,
+    templates: PromptTemplates | None = None,
+    constitution: Constitution | None = None,
+    overwrite: bool = False,
+    chunk_size: int = 64,
+    progress: bool = True,
+    extra_provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Sample one response per record into a resumable dataset directory (kind "responses")."""
+    from cai.backends.base import provenance
+    from cai.data import DatasetWriter
+    from cai.stages.runner import run_stage
+
+    templates = templates or PromptTemplates(constitution=constitution)
+    templates.validate({TEMPLATE: PROVIDES})
+    writer = DatasetWriter(
+        out_dir, kind="responses", fingerprint=fingerprint(backend, templates, params, constitution),
+        provenance={"policy_backend": provenance(backend), **(extra_provenance or {})}, overwrite=overwrite,
+    )
+    stats = run_stage(
+        records, writer,
+        lambda chunk: generate_responses(chunk, backend, templates, params=params, constitution=constitution),
+        chunk_size=chunk_size, desc="responses", progress=progress,
+    )
+    return writer.finalize(stats.to_dict(), title="cai responses")
+
+
+__all__ = ["generate_responses", "policy_conversation", "fingerprint", "run_responses"]

@@ -14,6 +14,7 @@ _LAZY = {
     "TrainResult": "cai.training.common",
     "TrainingConfigError": "cai.training.common",
     "load_reward_model": "cai.training.common",
+    "check_config_fields": "cai.training.common",
     "train_sft": "cai.training.sft",
     "train_reward": "cai.training.reward",
     "soft_preference_loss": "cai.training.reward",

@@ -364,3 +364,29 @@ def load_prompt_records(prompts: Any, *, limit: int | None = None) -> tuple[list
             )
     records = load_prompts(path, limit=limit)
     return records, {"source": str(path.resolve()), "prompts": len(records)}
+
+
+def config_class(trainer: str) -> type:
+    """The TRL config class behind one of our trainers (imports trl)."""
+    import importlib
+
+    where = {
+        "sft": ("trl", "SFTConfig"), "reward": ("trl", "RewardConfig"), "dpo": ("trl", "DPOConfig"),
+        "rloo": ("trl", "RLOOConfig"), "grpo": ("trl", "GRPOConfig"),
+        "ppo": ("trl.experimental.ppo", "PPOConfig"),
+    }
+    if trainer not in where:
+        raise UserInputError(f"trainer '{trainer}' unknown; use one of: {', '.join(where)}")
+    module, name = where[trainer]
+    return getattr(importlib.import_module(module), name)
+
+
+def check_config_fields(trainer: str, fields: dict[str, Any], source: str) -> None:
+    """Reject unknown TRL config keys up front (before any model loads), naming the close ones."""
+    cls = config_class(trainer)
+    valid = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in fields:
+        if key not in valid:
+            close = _close_names(key, valid)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; see {cls.__name__} in TRL's docs"
+            raise TrainingConfigError(f"{source}: unknown {cls.__name__} field '{key}'{hint}")
