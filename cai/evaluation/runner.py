@@ -173,6 +173,10 @@ def evaluate_models(
         sets["win_rate"] = list({r.id: r for r in sets["red_team"] + sets["benign"]}.values())
     if not any(sets.values()):
         raise UserInputError("nothing to evaluate on; give win-rate, red-team or benign prompts")
+    if reward_data is not None:  # a wrong dataset fails now, not after every model has generated
+        from cai.evaluation.reward import preference_conversations
+
+        preference_conversations(reward_data)
     detector = detector or RefusalDetector()
     factory = backend_factory or (lambda spec: make_backend(spec))
     backends, cache = _resolve_backends(models, factory)
