@@ -57,6 +57,10 @@ def _register() -> None:
 
     cli.add_command(train.group)
 
+    from cai.cli import eval as eval_cli
+
+    cli.add_command(eval_cli.group)
+
 
 _register()
 
