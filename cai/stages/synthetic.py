@@ -5,7 +5,9 @@ its own answer) and lets it continue the list; the numbered lines it writes are
 the candidates. Candidates are filtered by length, then near-duplicates are
 removed within the new prompts and against the seeds (cai.dedup). Rounds repeat,
 one batched generate call each, until there are ``n`` new prompts.
-Output that has no numbered line is a recorded failure with the raw text.
+Output with no numbered item (e.g. a blank line, then prose) is a recorded
+failure with the raw text; items that are refusals or too short/long are dropped
+and counted.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from cai.stages.runner import ChunkResult
 from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 
 TEMPLATE = "synthetic_prompts"
+# The model declining to write more is not a prompt.
+_REFUSAL = re.compile(r"^(i cannot|i can't|i can not|i'm sorry|i am sorry|as an ai|sorry)\b", re.IGNORECASE)
 _ITEM = re.compile(r"^\s*(\d{1,3})\s*[.)]\s*(.*\S)\s*$")
 #: Give up after this many rounds in a row that add nothing new.
 STALL_ROUNDS = 3
@@ -55,7 +59,7 @@ class SyntheticConfig(BaseModel):
 def parse_numbered(text: str, first_number: int) -> list[str]:
     """The items of a numbered list; ``text`` continues a prefix that ended with '{first_number}.'."""
     items = []
-    for line in (f"{first_number}. " + text.lstrip()).splitlines():
+    for line in (f"{first_number}. " + text.lstrip(" \t")).splitlines():
         m = _ITEM.match(line)
         if m and m.group(2):
             items.append(" ".join(m.group(2).split()))
@@ -98,6 +102,8 @@ def propose(
         for item in items:
             if len(item.split()) < config.min_words or len(item) > config.max_chars:
                 _tally(result, "filtered_length")
+            elif _REFUSAL.match(item):
+                _tally(result, "filtered_refusal")
             else:
                 candidates.append(item)
     _tally(result, "candidates", len(candidates))
