@@ -45,6 +45,9 @@ _LAZY = {
     "CotConfig": "cai.stages.cot",
     "load_questions": "cai.stages.cot",
     "AnswerExtractor": "cai.answers",
+    "evaluate_models": "cai.evaluation",
+    "EvalConfig": "cai.evaluation",
+    "RefusalDetector": "cai.refusal",
 }
 
 
