@@ -124,6 +124,10 @@ def test_star_rationalisation_uses_the_hint_but_stores_the_plain_prompt():
     sc = [r for r in result.rows if r["source_id"] == "q1" and r["origin"] == "self_consistency"]
     assert sc and all(r["correct"] is False for r in sc)
     assert sc[0]["question_stats"]["rationalized"] is True
+    assert {r["format"] for r in sc} == {"few_shot_cot", "zero_shot_cot"}
+    # One direct row per question: the gold answer, not the wrong majority.
+    direct = [r for r in result.rows if r["source_id"] == "q1" and r["format"] == "direct"]
+    assert [r["messages"][-1]["content"] for r in direct] == ["The answer is 7."]
 
 
 def test_rationale_that_mentions_the_hint_is_not_kept_and_filter_by_gold_drops():

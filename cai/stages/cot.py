@@ -405,14 +405,11 @@ def generate_cot(
         if rationalized is not None:
             k, text = rationalized
             rows += _rows(prompts, config.formats, question, text, gold, k, "rationalization", True, "stop", common)
-        # One direct-answer row per question, not one per rationale.
-        seen_direct: set[str] = set()
-        for row in rows:
-            if row["format"] == "direct":
-                if row["answer"] in seen_direct:
-                    continue
-                seen_direct.add(row["answer"])
-            out.rows.append(row)
+        # One direct-answer row per question, not one per rationale; a rationalised (gold) answer
+        # replaces a majority answer the gold showed wrong, so the rows never teach two answers.
+        directs = [r for r in rows if r["format"] == "direct"]
+        rows = [r for r in rows if r["format"] != "direct"] + directs[-1:]
+        out.rows += rows
         if rows:
             tally["questions_kept"] += 1
             tally["rationalized"] += int(rationalized is not None)
