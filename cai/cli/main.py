@@ -61,6 +61,12 @@ def _register() -> None:
 
     cli.add_command(eval_cli.group)
 
+    from cai.cli import run
+
+    cli.add_command(run.run)
+    cli.add_command(run.status)
+    cli.add_command(run.report)
+
 
 _register()
 

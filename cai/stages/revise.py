@@ -68,7 +68,10 @@ class ReviseConfig(BaseModel):
 
     def params(self, kind: str, offset: int = 0) -> SamplingParams:
         s: Sampling = getattr(self, kind)
-        seed = (s.seed if s.seed is not None else self.seed) + offset
+        # A distinct stream per kind: with one seed, critique and revision would draw the same
+        # random numbers, and a model that barely reads its prompt would echo itself.
+        salt = {"response": 0, "critique": 7919, "revision": 15838}.get(kind, 0)
+        seed = (s.seed if s.seed is not None else self.seed) + offset + salt
         return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=seed)
 
 

@@ -1,0 +1,58 @@
+"""`cai run`, `cai status`, `cai report`: whole self-improvement rounds."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("run")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Override the config's number of rounds.")
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/<name>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out: skip finished stages, resume the interrupted one.")
+@click.option("--force", multiple=True, metavar="STAGE",
+              help="Redo STAGE (e.g. sft, or round-2/sft) and everything after it, even if its config changed.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
+def run(config: str, rounds: int | None, out: str | None, resume: bool, force: tuple[str, ...], report: bool) -> None:
+    """Run self-improvement rounds from a YAML CONFIG.
+
+    Round k: revisions -> SFT -> preferences -> reward model -> RL -> evaluation.
+    The config is checked (schema, TRL fields, constitution, templates, prompt
+    files) before any model loads.
+    """
+    from pathlib import Path
+
+    from cai.rounds import load_run_config, run_rounds
+
+    cfg = load_run_config(config)
+    run_dir = Path(out) if out else Path("runs") / cfg.name
+    run_rounds(cfg, run_dir, rounds=rounds, resume=resume, force=force, echo=click.echo)
+    click.echo(f"run complete: {run_dir}")
+    if report:
+        from cai.report import write_report
+
+        md, html = write_report(run_dir)
+        click.echo(f"report: {html}")
+        click.echo(f"        {md}")
+
+
+@click.command("status")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def status(run_dir: str) -> None:
+    """Show where a run stands: each stage's status and time."""
+    from cai.rounds import run_status
+
+    for s in run_status(run_dir):
+        secs = f"{s['seconds']:.0f}s" if s["seconds"] is not None else ""
+        click.echo(f"{s['stage']:<24} {s['status']:<10} {secs:>8}  {s['output'] or ''}")
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir: str) -> None:
+    """Write RUN_DIR/report.md and report.html with plots of metrics per round."""
+    from cai.report import write_report
+
+    md, html = write_report(run_dir)
+    click.echo(f"report: {html}\n        {md}")
