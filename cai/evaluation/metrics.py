@@ -107,7 +107,8 @@ class WinRate:
         d = {k: v for k, v in asdict(self).items() if k != "per_principle"}
         for k in ("rate", "ci_low", "ci_high", "mean_p"):
             d[k] = _r(d[k])
-        d["per_principle"] = {pid: w.to_dict() for pid, w in self.per_principle.items()}
+        if self.per_principle:  # nested breakdowns have none of their own
+            d["per_principle"] = {pid: w.to_dict() for pid, w in self.per_principle.items()}
         return d
 
 

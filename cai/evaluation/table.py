@@ -26,6 +26,8 @@ def _win(d: dict[str, Any] | None) -> str:
     if not d:
         return DASH
     tail = f" W/T/L {d['wins']}/{d['ties']}/{d['losses']}"
+    if d.get("inconsistent"):  # ties where the judge followed the slot: say how weak the judge was
+        tail += f" ({d['inconsistent']} orders disagreed)"
     return _rate_ci(d) + tail
 
 
@@ -42,7 +44,7 @@ def model_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
                 ("(baseline)" if name == metrics.get("baseline") else _win(m.get("win_rate"))),
             "refusal (red team)": _rate_ci(harm.get("refusal_rate")),
             "judge: harmful": _pct(judge.get("harmful_rate")) if judge else DASH,
-            "judge: vs refusal": _rate_ci(judge.get("vs_refusal")) if judge else DASH,
+            "judge: vs refusal": _win(judge.get("vs_refusal")) if judge else DASH,
             "over-refusal (benign)": _rate_ci(m.get("over_refusal")),
             "mean reward": DASH if not reward or reward.get("mean") is None else
             f"{reward['mean']:.3f} ± {reward['std']:.3f}",
