@@ -1,0 +1,150 @@
+"""`cai run`: two rounds on a tiny model, a real kill + --resume, config errors before models load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cai.cli.main import cli
+from cai.data import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = """\
+name: tiny
+rounds: {rounds}
+chunk_size: 2
+constitution: {constitution}
+models: {{policy: {model}, batch_size: 8}}
+prompts: {{red_team: {red}, helpful: {helpful}, held_out: 2, per_round: 6}}
+stages:
+  revise: {{response: {{max_new_tokens: 8}}, critique: {{max_new_tokens: 8}}, revision: {{max_new_tokens: 8}}}}
+  helpful: {{max_new_tokens: 8}}
+  sft: {{config: {{max_steps: 1, max_length: 256}}}}
+  preferences: {{max_new_tokens: 8}}
+  reward: {{config: {{max_steps: 1, max_length: 256}}}}
+  rl: {{config: {{total_episodes: 4, per_device_train_batch_size: 2, response_length: 8, num_ppo_epochs: 1}}}}
+  eval: {{max_new_tokens: 8}}
+"""
+
+
+def write_config(path: Path, model: Path, rounds: int = 2, **changes: str) -> Path:
+    text = CONFIG.format(rounds=rounds, model=model, constitution=ROOT / "tests/fixtures/tiny_constitution.yaml",
+                         red=ROOT / "examples/prompts/red_team.jsonl", helpful=ROOT / "examples/prompts/helpful.jsonl")
+    for old, new in changes.items():
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+def stage_ids(run_dir: Path, stage: str) -> tuple[list[str], list[str]]:
+    d = run_dir / stage
+    return [r["id"] for r in read_jsonl(d / "data.jsonl")], [r["id"] for r in read_jsonl(d / "failures.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("rounds")
+    cfg = write_config(tmp / "run.yaml", tiny_model_dir)
+    result = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp / "run")])
+    assert result.exit_code == 0, result.output
+    return tmp / "run", result.output
+
+
+def test_two_rounds_complete_with_manifest_and_report(two_rounds):
+    run_dir, output = two_rounds
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert len(stages) == 16 and all(s["status"] == "complete" for s in stages.values())
+    # round 2 starts from round 1's RL policy
+    resolved = json.loads((run_dir / "round-2/revisions/cai_dataset.json").read_text())
+    assert resolved["fingerprint"]["policy"] == str(run_dir / "round-1" / "rl")
+    metrics = json.loads((run_dir / "round-2/eval/metrics.json").read_text())
+    assert set(metrics["win_rates"]) == {"vs round-0", "vs round-1"}
+    assert set(metrics["reward"]) == {"round-0", "round-1", "round-2"}
+    for k in (1, 2):
+        assert (run_dir / f"round-{k}/rl/model.safetensors").exists()
+        ids, failed = stage_ids(run_dir, f"round-{k}/revisions")
+        assert len(ids) + len(failed) == 6 and len(set(ids)) == len(ids)
+    report = (run_dir / "report.md").read_text()
+    assert "win rate vs round 0" in report and "## Provenance" in report
+    assert list(run_dir.glob("plot_*.png")) and (run_dir / "report.html").exists()
+    assert "report:" in output
+
+
+def test_status_shows_every_stage(two_rounds):
+    run_dir, _ = two_rounds
+    r = CliRunner().invoke(cli, ["status", str(run_dir)])
+    assert r.exit_code == 0 and r.output.count("complete") == 16
+
+
+def test_resume_of_finished_run_skips_everything_and_refuses_changed_config(two_rounds, tmp_path, tiny_model_dir):
+    run_dir, _ = two_rounds
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir)
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(run_dir), "--resume", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("done, skipping") == 16
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(run_dir)])
+    assert r.exit_code == 2 and "--resume" in r.output
+    changed = write_config(tmp_path / "changed.yaml", tiny_model_dir,
+                           **{"sft: {config: {max_steps: 1": "sft: {config: {max_steps: 2"})
+    assert "max_steps: 2" in changed.read_text()
+    r = CliRunner().invoke(cli, ["run", str(changed), "--out", str(run_dir), "--resume", "--no-report"])
+    assert r.exit_code == 2 and "round-1/sft finished with another config" in r.output and "--force sft" in r.output
+
+
+def test_kill_mid_stage_then_resume_matches_uninterrupted(two_rounds, tmp_path, tiny_model_dir):
+    run_dir, _ = two_rounds
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1)
+    out = tmp_path / "run"
+    env = {**os.environ, "CAI_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "cai.cli.main", "run", str(cfg), "--out", str(out), "--no-report"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    revisions = out / "round-1" / "revisions"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait for the first chunk of revisions, then kill hard
+            done = sum(1 for _ in read_jsonl(revisions / "data.jsonl")) + sum(1 for _ in read_jsonl(revisions / "failures.jsonl"))
+            if done >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    ids, failed = stage_ids(out, "round-1/revisions")
+    assert 0 < len(ids) + len(failed) < 6, "the kill should land mid-stage"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["round-1/revisions"]["status"] == "running"
+
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[round-1/revisions] resuming" in r.stdout
+    for stage in ("revisions", "helpful", "preferences"):
+        got_rows, got_failed = stage_ids(out, f"round-1/{stage}")
+        ref_rows, ref_failed = stage_ids(run_dir, f"round-1/{stage}")
+        assert len(got_rows) == len(set(got_rows)), f"duplicates in {stage}"
+        assert sorted(got_rows + got_failed) == sorted(ref_rows + ref_failed), stage
+    assert json.loads((out / "manifest.json").read_text())["stages"]["round-1/eval"]["status"] == "complete"
+
+
+def test_config_typo_fails_before_any_model_loads(tmp_path):
+    # The model path does not exist: if anything tried to load it, the error would be about the model.
+    cfg = write_config(tmp_path / "run.yaml", tmp_path / "no-model", rounds=1,
+                       **{"reward: {config:": "reward: {confg:"})
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2
+    assert "run.yaml:12: field 'stages.reward.confg': unknown key" in r.output
+    assert not (tmp_path / "run").exists()
+    cfg = write_config(tmp_path / "run2.yaml", tmp_path / "no-model", rounds=1,
+                       **{"sft: {config: {max_steps": "sft: {config: {max_stepz"})
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "unknown SFTConfig field 'max_stepz'; did you mean max_steps?" in r.output
