@@ -8,12 +8,17 @@ A template renders to a chat conversation. Lines of the form ``[[user]]``,
 marker (or a template with no markers) is one user message. A final
 ``[[assistant]]`` message is a prefix the model continues (used to put the
 option letter right after ``(`` for multiple-choice scoring).
+
+Only markers written in the template count: when a template is loaded its marker
+lines are tagged with a random per-instance nonce, so a prompt or model output
+containing a ``[[user]]`` line cannot forge a turn.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,6 +69,7 @@ class PromptTemplates:
                 f"{self.template_dir}: template directory does not exist; pass an existing directory"
             )
         self.constitution = constitution
+        self._nonce = secrets.token_hex(8)
         self._env = SandboxedEnvironment(
             loader=jinja2.FunctionLoader(self._load),
             undefined=StrictUndefined,
@@ -104,7 +110,8 @@ class PromptTemplates:
 
     def _load(self, name: str):
         src = self.source(name)
-        return src.text, src.origin, lambda: False
+        tagged = ROLE_MARKER.sub(lambda m: f"[[{m.group(1)}:{self._nonce}]]", src.text)
+        return tagged, src.origin, lambda: False
 
     def _compile(self, name: str) -> jinja2.Template:
         try:
@@ -117,6 +124,7 @@ class PromptTemplates:
     # --- rendering -----------------------------------------------------------------
 
     def render(self, name: str, **context: Any) -> str:
+        """The rendered text (role markers carry this instance's nonce; see render_messages)."""
         template = self._compile(name)
         try:
             return template.render(**context)
@@ -134,7 +142,7 @@ class PromptTemplates:
     def render_messages(
         self, name: str, *, system_prompt: str | None = None, **context: Any
     ) -> Conversation:
-        return split_messages(self.render(name, **context), system_prompt=system_prompt)
+        return split_messages(self.render(name, **context), system_prompt=system_prompt, nonce=self._nonce)
 
     # --- provenance and lint -------------------------------------------------------
 
@@ -178,9 +186,15 @@ class PromptTemplates:
                 raise TemplateError(problems[0] + more)
 
 
-def split_messages(text: str, *, system_prompt: str | None = None) -> Conversation:
-    """Turn rendered template text into chat messages (see the module docstring)."""
-    parts = ROLE_MARKER.split(text)
+def split_messages(text: str, *, system_prompt: str | None = None, nonce: str | None = None) -> Conversation:
+    """Turn rendered template text into chat messages (see the module docstring).
+
+    With ``nonce``, only ``[[role:nonce]]`` lines split turns; plain ``[[role]]`` lines
+    (which could come from user data) stay text.
+    """
+    marker = ROLE_MARKER if nonce is None else re.compile(
+        rf"^[ \t]*\[\[(system|user|assistant):{re.escape(nonce)}\]\][ \t]*$", re.MULTILINE)
+    parts = marker.split(text)
     messages: Conversation = []
     head = parts[0].strip()
     if head:
