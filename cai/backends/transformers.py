@@ -98,35 +98,25 @@ class TransformersBackend:
         encoded = [ids[-budget:] for ids in encoded]  # keep the end: the question and the turn
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         eos_ids = self._eos_ids()
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": sorted(eos_ids),
-        }
-        if params.temperature and params.temperature > 0:
-            gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        else:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.model.device).manual_seed(params.seed)
         with progress_bar(total=len(order), desc="generate", unit="seq", enabled=self.progress) as bar:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 input_ids, attention = self._left_pad([encoded[i] for i in idx])
-                with torch.inference_mode():
-                    out = self.model.generate(input_ids=input_ids, attention_mask=attention, **gen_kwargs)
-                new = out[:, input_ids.shape[1] :].tolist()
+                new = self._decode(input_ids, attention, params, eos_ids, generator)
                 for row, i in enumerate(idx):
                     toks = new[row]
-                    cut = next((k for k, t in enumerate(toks) if t in eos_ids), None)
-                    kept = toks if cut is None else toks[:cut]
+                    stopped = bool(toks) and toks[-1] in eos_ids
+                    kept = toks[:-1] if stopped else toks
                     text = self.tokenizer.decode(kept, skip_special_tokens=True)
                     results[i] = Generation(
                         text=text.strip(),
                         prompt_tokens=len(encoded[i]),
-                        completion_tokens=len(kept) + (0 if cut is None else 1),
-                        finish_reason="length" if cut is None else "stop",
+                        completion_tokens=len(toks),
+                        finish_reason="stop" if stopped else "length",
                         truncated=truncated[i],
                     )
                 bar.update(len(idx))
@@ -192,7 +182,7 @@ class TransformersBackend:
                 idx = order[start : start + self.batch_size]
                 ids, mask = self._left_pad([jobs[i][0] for i in idx])
                 with torch.inference_mode():
-                    logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :]
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1).logits[:, -1, :]
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 for row, i in enumerate(idx):
                     raw = [logp[row, o[0]].item() for _, o in jobs[i][1]]
@@ -207,7 +197,7 @@ class TransformersBackend:
                 full = [jobs[i][1][k][0] + jobs[i][1][k][1] for i, k in chunk]
                 ids, mask = self._left_pad(full)
                 with torch.inference_mode():
-                    logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+                    logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits.float(), -1)
                 width = ids.shape[1]
                 for row, (i, k) in enumerate(chunk):
                     cont = jobs[i][1][k][1]
@@ -221,6 +211,56 @@ class TransformersBackend:
         return [r for r in results if r is not None]
 
     # --- helpers -------------------------------------------------------------------
+
+    def _decode(self, input_ids, attention, params: SamplingParams, eos_ids: set[int], generator) -> list[list[int]]:
+        """Our own decode loop over one left-padded batch.
+
+        Unlike `model.generate`, it drops finished rows from the batch (and the KV
+        cache) as soon as they end, so a batch costs what its live rows cost; and it
+        computes the vocabulary projection only for the last position.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        model = self.model
+        n = input_ids.shape[0]
+        outputs: list[list[int]] = [[] for _ in range(n)]
+        alive = torch.arange(n)
+        eos = torch.tensor(sorted(eos_ids), device=input_ids.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        sample = bool(params.temperature and params.temperature > 0)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            last = positions[:, -1]
+            for step in range(params.max_new_tokens):
+                if sample:
+                    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+                    if params.top_p < 1.0:
+                        sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
+                        # keep the smallest set whose mass reaches top_p (the top token always stays)
+                        sorted_p[(sorted_p.cumsum(-1) - sorted_p) > params.top_p] = 0
+                        probs = torch.zeros_like(probs).scatter_(-1, sorted_i, sorted_p)
+                    nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                else:
+                    nxt = logits.argmax(dim=-1)
+                for row, tok in zip(alive.tolist(), nxt.tolist()):
+                    outputs[row].append(tok)
+                if step == params.max_new_tokens - 1:
+                    break
+                done = torch.isin(nxt, eos)
+                if bool(done.any()):
+                    keep = (~done).nonzero().squeeze(1)
+                    if keep.numel() == 0:
+                        break
+                    cache.batch_select_indices(keep)
+                    alive, nxt, attention, last = alive[keep.cpu()], nxt[keep], attention[keep], last[keep]
+                attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+                last = last + 1
+                logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last[:, None],
+                               past_key_values=cache, use_cache=True).logits[:, -1, :]
+        return outputs
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -244,6 +284,11 @@ class TransformersBackend:
                 mask[row, width - len(s) :] = 1
         dev = self.model.device
         return ids.to(dev), mask.to(dev)
+
+
+def _positions(mask):
+    """Position ids that start at 0 after the left padding (what each row would get alone)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

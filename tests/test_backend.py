@@ -1,0 +1,141 @@
+"""The transformers backend on a tiny random Llama, and the responses stage through it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cai.backends.base import Backend, SamplingParams
+from cai.cli.main import cli
+from cai.data import load_prompts, read_meta, read_rows
+from cai.errors import UserInputError
+from cai.stages.responses import generate_responses
+from cai.templates import PromptTemplates
+
+CONVS = [
+    [{"role": "user", "content": "short"}],
+    [{"role": "user", "content": "a much longer prompt with many more words in it than the first"}],
+    [{"role": "user", "content": "medium length prompt here"}],
+]
+
+
+def test_backend_satisfies_protocol(tiny_backend):
+    assert isinstance(tiny_backend, Backend)
+
+
+def test_generate_batched_matches_one_at_a_time_greedy(tiny_backend):
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    together = tiny_backend.generate(CONVS, params)
+    alone = [tiny_backend.generate([c], params)[0] for c in CONVS]
+    # Left padding + sorting must not change greedy outputs or their order.
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert all(g.completion_tokens <= 6 and g.prompt_tokens > 0 for g in together)
+    assert together[1].prompt_tokens > together[0].prompt_tokens
+
+
+def test_generate_seeded_sampling_is_reproducible(tiny_backend):
+    params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=3)
+    assert [g.text for g in tiny_backend.generate(CONVS, params)] == [g.text for g in tiny_backend.generate(CONVS, params)]
+
+
+def test_choice_logprobs_normalised_and_path_independent(tiny_backend):
+    import math
+
+    conv = [{"role": "user", "content": "Pick (A) or (B)."}, {"role": "assistant", "content": "The answer is ("}]
+    scores = tiny_backend.choice_logprobs([conv, CONVS[0]], ["A", "B"])
+    for s in scores:
+        assert abs(sum(math.exp(x) for x in s.logprobs) - 1) < 1e-5
+    # Multi-token options go through the general path; it must agree with a direct computation.
+    multi = tiny_backend.choice_logprobs([conv], ["A) yes", "B) no"])[0]
+    assert abs(sum(math.exp(x) for x in multi.logprobs) - 1) < 1e-5
+    raw = multi.extra["raw_logprobs"]
+    assert raw[0] != raw[1]
+
+
+def test_choice_fast_path_matches_general_path(tiny_backend):
+    """One forward pass (single next token) gives the same numbers as scoring full sequences."""
+    import torch
+
+    conv = [{"role": "user", "content": "Which?"}, {"role": "assistant", "content": "Answer: ("}]
+    fast = tiny_backend.choice_logprobs([conv], ["A", "B"])[0].extra["raw_logprobs"]
+    text = tiny_backend.render(conv)
+    ids = tiny_backend._encode(text)
+    with torch.inference_mode():
+        logp = torch.log_softmax(tiny_backend.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    for opt, got in zip(["A", "B"], fast):
+        tok = tiny_backend._encode(text + opt)[len(ids):]
+        assert len(tok) == 1
+        assert abs(logp[tok[0]].item() - got) < 1e-4
+
+
+def test_check_options_errors(tiny_backend):
+    with pytest.raises(UserInputError, match="at least two"):
+        tiny_backend.check_options(["A"])
+    with pytest.raises(UserInputError, match="empty"):
+        tiny_backend.check_options(["A", ""])
+    with pytest.raises(UserInputError, match="identically"):
+        tiny_backend.check_options(["A", "A"])
+
+
+def test_long_prompt_is_truncated_and_flagged(tiny_backend):
+    long = [{"role": "user", "content": "word " * 2000}]
+    g = tiny_backend.generate([long], SamplingParams(max_new_tokens=3, temperature=0))[0]
+    assert g.truncated and g.prompt_tokens <= tiny_backend.context_window
+
+
+def test_responses_stage_with_scripted_backend(tiny_constitution_path):
+    from fakes import ScriptedBackend
+
+    from cai.constitution import load_constitution
+    from cai.data import PromptRecord
+
+    b = ScriptedBackend(respond=lambda conv: "" if "empty" in conv[-1]["content"] else "fine")
+    recs = [PromptRecord(messages=[{"role": "user", "content": t}]) for t in ["one", "two", "make empty"]]
+    c = load_constitution(tiny_constitution_path)
+    out = generate_responses(recs, b, PromptTemplates(), params=SamplingParams(), constitution=c)
+    assert len(b.generate_calls) == 1 and len(b.generate_calls[0]) == 3  # one batched call
+    assert b.generate_calls[0][0][0] == {"role": "system", "content": "You are a careful assistant."}
+    assert [r["response"] for r in out.rows] == ["fine", "fine"]
+    assert out.failures[0]["reason"] == "empty" and out.failures[0]["prompt"] == "make empty"
+    assert out.rows[0]["messages"][-1] == {"role": "assistant", "content": "fine"}
+
+
+def test_cli_generate_responses_writes_and_resumes(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\nthree\n")
+    out = tmp_path / "out"
+    args = ["generate", "responses", "--prompts", str(prompts), "--model", str(tiny_model_dir),
+            "--max-new-tokens", "4", "--out", str(out), "--chunk-size", "2"]
+    r = CliRunner().invoke(cli, args + ["--limit", "2"])
+    assert r.exit_code == 0, r.output
+    assert len(read_rows(out)) == 2
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    rows = read_rows(out)
+    assert len(rows) == 3 and len({x["id"] for x in rows}) == 3
+    meta = read_meta(out)
+    assert meta["kind"] == "responses" and meta["summary"]["skipped_already_done"] == 2
+    assert meta["fingerprint"]["templates"]["initial_response.jinja"]
+    # A different sampling setup into the same directory is refused, not mixed in.
+    r = CliRunner().invoke(cli, args + ["--temperature", "0.1"])
+    assert r.exit_code == 2 and "other settings" in r.output
+
+
+def test_cli_unknown_model_is_one_line_exit_2(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\n")
+    r = CliRunner().invoke(cli, ["generate", "responses", "--prompts", str(prompts), "--model", "./nope",
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "model './nope'" in r.output and "Traceback" not in r.output
+
+
+def test_choice_scores_do_not_depend_on_batch_padding(tiny_backend):
+    """A conversation scores the same alone and padded next to a much longer one."""
+    short = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "("}]
+    long = [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "("}]
+    for options in (["A", "B"], ["A) yes", "B) no"]):
+        alone = tiny_backend.choice_logprobs([short], options)[0].extra["raw_logprobs"]
+        padded = tiny_backend.choice_logprobs([long, short], options)[1].extra["raw_logprobs"]
+        assert alone == pytest.approx(padded, abs=1e-4)
