@@ -281,3 +281,19 @@ def test_end_to_end_on_the_embedded_default(tmp_path, embedded_dir, one_thread):
         assert r["messages"][-1]["role"] == "assistant" and "Hint" not in json.dumps(r["messages"])
         assert len(r["answers"]) == 2
     assert (tmp_path / "out" / "README.md").is_file()
+
+
+def test_truncated_rationales_vote_but_are_not_kept():
+    from cai.backends.base import Generation
+
+    class Truncating(ScriptedBackend):
+        def generate(self, conversations, params):
+            return [Generation(text=g.text, finish_reason="length") for g in super().generate(conversations, params)]
+
+    backend = Truncating(respond=lambda conv: "3 + 4 = 7. The answer is 7")
+    recs = load_questions_from(QUESTIONS[:1])
+    result = generate_cot(recs, backend, config=CotConfig(k_samples=2, greedy_eval=False))
+    (drop,) = [f for f in result.failures if f["kind"] == "dropped"]
+    assert drop["reason"].startswith("no_rationale") and drop["votes"] == {"7": 2}
+    kept = generate_cot(recs, backend, config=CotConfig(k_samples=2, greedy_eval=False, keep_truncated=True))
+    assert kept.rows and kept.rows[0]["finish_reason"] == "length"

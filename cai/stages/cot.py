@@ -89,6 +89,7 @@ class CotConfig(BaseModel):
     rationalize: bool = Field(True, description="With gold answers, STaR-rationalise questions voted wrong.")
     rationalize_samples: int = Field(4, ge=1, description="Hinted samples per wrong question.")
     filter_by_gold: bool = Field(False, description="With gold answers, keep only rationales that reach it.")
+    keep_truncated: bool = Field(False, description="Keep rationales cut off by max_new_tokens (they still vote).")
     extractor: Literal["answer_is", "last_number", "regex"] = "answer_is"
     answer_pattern: str | None = Field(None, description="Regex for extractor 'regex' (first group = answer).")
     fallback_last_number: bool = Field(True, description="If the pattern finds nothing, use the last number.")
@@ -332,14 +333,14 @@ def generate_cot(
 
     # 4) STaR: hinted samples for questions whose vote missed the gold answer.
     wrong = [i for i in graded if votes[i][0] != golds[i]] if config.rationalize else []
-    hinted: dict[int, list[tuple[str, Extraction]]] = {}
+    hinted: dict[int, list[tuple[str, Extraction, str]]] = {}
     if wrong:
         R = config.rationalize_samples
         rconvs = [prompts.rationalize(questions[i], str(records[i].extra["answer"])) for i in wrong]
         rgens = backend.generate([c for c in rconvs for _ in range(R)], config.sampling())
         for n, i in enumerate(wrong):
             chunk = rgens[n * R:(n + 1) * R]
-            hinted[i] = [(g.text, extractor.extract(g.text)) for g in chunk]
+            hinted[i] = [(g.text, extractor.extract(g.text), g.finish_reason) for g in chunk]
             for g in chunk:
                 out.prompt_tokens += g.prompt_tokens
                 out.completion_tokens += g.completion_tokens
@@ -360,20 +361,22 @@ def generate_cot(
             tally["extraction_failed_greedy"] += 1
 
         confident = winner is not None and share >= config.vote_threshold
-        agreeing = [k for k, a in enumerate(answers) if confident and a == winner]
+        agreeing = [k for k, a in enumerate(answers) if confident and a == winner
+                    and (config.keep_truncated or finish[i][k] != "length")]
         if config.filter_by_gold and gold is not None:
             agreeing = [k for k in agreeing if answers[k] == gold]
         kept = _dedupe([(k, texts[i][k]) for k in agreeing])
         if config.max_rationales:
             kept = kept[: config.max_rationales]
 
+        tally["truncated_samples"] += sum(f == "length" for f in finish[i])
         rationalized: tuple[int, str] | None = None
         hint_leaks = 0
-        for k, (t, e) in enumerate(hinted.get(i, [])):
+        for k, (t, e, fin) in enumerate(hinted.get(i, [])):
             if not e.ok:
                 out.failures.append(_failure(qid, "rationalize", k, t, e))
                 tally["extraction_failed_rationalize"] += 1
-            elif e.answer == gold:
+            elif e.answer == gold and (config.keep_truncated or fin != "length"):
                 if "hint" in t.lower():  # it talks about the hint: useless without the hint, so not kept
                     hint_leaks += 1
                     continue
@@ -417,7 +420,7 @@ def generate_cot(
             reason = _drop_reason(winner, share, config, gold, bool(agreeing), i in hinted, hint_leaks)
             tally[f"dropped_{reason.split(':')[0]}"] += 1
             out.failures.append({"id": qid, "kind": "dropped", "reason": reason, "raw": texts[i],
-                                 "hinted_raw": [t for t, _ in hinted.get(i, [])], **common})
+                                 "hinted_raw": [h[0] for h in hinted.get(i, [])], **common})
     out.tallies = dict(tally)
     return out
 
@@ -441,7 +444,7 @@ def _drop_reason(winner, share, config, gold, any_agreeing, attempted, hint_leak
     elif config.filter_by_gold and gold is not None:
         reason = f"wrong_majority: majority answer {winner} != gold {gold} (filter_by_gold)"
     else:
-        reason = "no_rationale"
+        reason = "no_rationale: every agreeing rationale was cut off by max_new_tokens (keep_truncated is off)"
     if attempted:
         reason += "; rationalisation found no hint-free rationale reaching the gold answer"
         if hint_leaks:
