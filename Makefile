@@ -22,10 +22,11 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest -q
 
+# One full self-improvement round on the embedded default; rerunning resumes.
 demo: install
 	$(BIN)/cai constitution validate harmless hhh
-	$(BIN)/cai generate responses --prompts examples/prompts/helpful.jsonl --limit 4 \
-		--max-new-tokens 64 --out runs/demo-responses --overwrite
+	$(BIN)/cai run examples/configs/quickstart.yaml --out runs/quickstart \
+		$$(test -f runs/quickstart/manifest.json && echo --resume)
 
 bench: install
 	$(BIN)/python benchmarks/generation.py

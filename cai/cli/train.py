@@ -57,12 +57,32 @@ def _done(name: str, result) -> None:
 
 
 @click.group("train")
-def group() -> None:
+@click.option("--launcher", type=click.Choice(["local", "accelerate"]), default="local", show_default=True,
+              help="accelerate: rerun this command under `accelerate launch` (DDP, DeepSpeed, FSDP, multi-node).")
+@click.option("--accelerate-config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="accelerate config file, e.g. examples/accelerate/zero3.yaml (needed with --launcher accelerate).")
+def group(launcher: str, accelerate_config: str | None) -> None:
     """Train with TRL: sft, reward, ppo, rloo, grpo, dpo.
 
     Each trainer reads `--config file.yaml` whose keys are the TRL config's
     fields (SFTConfig, RewardConfig, ...); flags override the file.
+
+    Scale out with: cai train --launcher accelerate --accelerate-config
+    examples/accelerate/ddp.yaml sft --data ... (see examples/accelerate/).
     """
+    import sys
+
+    if launcher != "accelerate" or "--help" in sys.argv or "-h" in sys.argv:
+        return
+
+    from cai.errors import UserInputError
+    from cai.training.launch import already_launched, launch_with_accelerate
+
+    if already_launched():
+        return  # inside the processes accelerate started: train here
+    if not accelerate_config:
+        raise UserInputError("--launcher accelerate needs --accelerate-config FILE; see examples/accelerate/")
+    raise SystemExit(launch_with_accelerate(sys.argv[1:], accelerate_config))
 
 
 @group.command("sft")
