@@ -13,21 +13,12 @@ from typing import Any, Callable
 
 import click
 
-from cai.cli.options import _stack
+from cai.cli.options import _stack, principles_option
 
 _NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 
 
-def _principles(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
-    if value == "all":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise click.BadParameter("give a positive number of principles per pair, or 'all'")
-    return n
+_principles = principles_option
 
 
 backend_options = _stack(

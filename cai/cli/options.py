@@ -47,6 +47,19 @@ output_options = _stack(
 )
 
 
+def principles_option(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
+    """Callback for --principles: a positive number of principles per pair, or 'all'."""
+    if value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter("give a positive number of principles per pair, or 'all'")
+    return n
+
+
 def make_backend_from_options(model: str, backend_kind: str, batch_size: int, device: str, dtype: str):
     from cai.backends import make_backend
 

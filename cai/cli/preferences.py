@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import click
 
-from cai.cli.options import make_backend_from_options, model_options, output_options, print_summary, sampling_options
+from cai.cli.options import (
+    make_backend_from_options,
+    model_options,
+    output_options,
+    principles_option,
+    print_summary,
+    sampling_options,
+)
 
 
-def _principles(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
-    if value == "all":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise click.BadParameter("give a positive number of principles per pair, or 'all'")
-    return n
+_principles = principles_option
 
 
 @click.command("preferences")

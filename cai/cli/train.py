@@ -6,18 +6,9 @@ from typing import Any, Callable
 
 import click
 
-from cai.cli.options import print_summary
+from cai.cli.options import _stack, print_summary
 
 F = Callable[..., Any]
-
-
-def _stack(*decorators: F) -> Callable[[F], F]:
-    def apply(f: F) -> F:
-        for d in reversed(decorators):
-            f = d(f)
-        return f
-
-    return apply
 
 
 # Flags that are TRL config fields keep TRL's names (minus dashes), so --help and the YAML agree.
