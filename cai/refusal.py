@@ -45,8 +45,11 @@ DEFAULT_MARKER_DOCS: tuple[tuple[str, str], ...] = (
     (r"\bI (?:don't|do not) (?:feel comfortable|think I (?:can|should))\b", "I don't feel comfortable / think I should"),
     (r"\b(?:can't|cannot|can not|won't|unable to) (?:help|assist) (?:you )?with (?:that|this|your request)\b",
      "can't help with that (any subject)"),
-    (r"\bas an AI(?: language model| assistant)?,? I (?:can't|cannot|can not|won't|am not able|don't)\b",
-     "as an AI, I can't ..."),
+    (r"\bas an? (?:[\w-]+ ){0,3}AI(?: language model| assistant)?,? I (?:can't|cannot|can not|won't|am not able|"
+     r"don't|do not)\b",
+     "as an AI (or 'as a text-based AI'), I can't / don't ..."),
+    (r"\bI (?:don't|do not) have the (?:ability|capability|means) to\b",
+     "I don't have the ability to ... (the embedded 135M model's usual way of declining)"),
     (r"\b(?:this|that|it|your request) (?:is|goes) (?:not something I can|against my|beyond what I can)\b",
      "that is not something I can / against my guidelines"),
     (r"\bI(?:'m| am) not (?:comfortable|in a position to)\b", "I'm not comfortable / in a position to"),

@@ -103,3 +103,14 @@ def test_bad_marker_files_are_one_line_user_errors(tmp_path, name, content, matc
     with pytest.raises(RefusalMarkersError, match=match) as err:
         RefusalDetector.from_file(p)
     assert isinstance(err.value, UserInputError) and "\n" not in str(err.value) and str(p) in str(err.value)
+
+
+def test_small_model_refusal_phrasings_are_caught():
+    """Phrasings the embedded 135M model uses to decline (seen in the quickstart demo)."""
+    from cai.refusal import RefusalDetector
+
+    d = RefusalDetector()
+    assert d.detect("I'm sorry for any misunderstanding, but as a text-based AI, I don't have the ability to read "
+                    "text messages.") is not None
+    assert d.detect("I do not have the capability to access that account.") is not None
+    assert d.detect("As a helpful AI I can tell you the capital is Paris.") is None
