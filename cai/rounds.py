@@ -224,9 +224,6 @@ class Run:
             raise UserInputError(f"{self.dir}: a run is already here; add --resume to continue it, or use a new --out")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = RunManifest(self.dir)
-        self.manifest.data.update(name=cfg.name, rounds=cfg.rounds)
-        (self.dir / "config.yaml").write_text(
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
         self._constitution = None
         self._backends: dict[str, Any] = {}
         self._split: tuple[list[PromptRecord], ...] | None = None
@@ -349,6 +346,11 @@ class Run:
     def execute(self) -> dict[str, Any]:
         self.check_finished_stages()
         self.prompt_split()  # bad prompt files fail here, before any model loads
+        # Only now, once the config is accepted, does it become the run's record.
+        self.manifest.data.update(name=self.cfg.name, rounds=self.cfg.rounds)
+        self.manifest.save()
+        (self.dir / "config.yaml").write_text(
+            yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
         runners = {
             "revisions": self._revisions, "helpful": self._helpful, "sft-data": self._sft_data, "sft": self._sft,
             "preferences": self._preferences, "reward": self._reward, "rl": self._rl, "eval": self._eval,

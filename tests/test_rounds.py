@@ -99,6 +99,7 @@ def test_resume_of_finished_run_skips_everything_and_refuses_changed_config(two_
     assert "max_steps: 2" in changed.read_text()
     r = CliRunner().invoke(cli, ["run", str(changed), "--out", str(run_dir), "--resume", "--no-report"])
     assert r.exit_code == 2 and "round-1/sft finished with another config" in r.output and "--force sft" in r.output
+    assert "max_steps: 1" in (run_dir / "config.yaml").read_text()  # the refused config is not recorded
 
 
 def test_kill_mid_stage_then_resume_matches_uninterrupted(two_rounds, tmp_path, tiny_model_dir):
