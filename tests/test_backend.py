@@ -139,3 +139,44 @@ def test_choice_scores_do_not_depend_on_batch_padding(tiny_backend):
         alone = tiny_backend.choice_logprobs([short], options)[0].extra["raw_logprobs"]
         padded = tiny_backend.choice_logprobs([long, short], options)[1].extra["raw_logprobs"]
         assert alone == pytest.approx(padded, abs=1e-4)
+
+
+def test_growing_kv_layer_matches_dynamic_layer():
+    """Appending in place (our decode loop) must hold exactly what torch.cat would, also after pruning rows."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from cai.backends.kv_cache import GrowingLayer
+
+    torch.manual_seed(0)
+    ref, ours = DynamicLayer(), GrowingLayer()
+    batch = 5
+    for step, n in enumerate([7, 1, 1, 60, 1, 1]):  # a prefill, then tokens; 60 forces a buffer regrow
+        k, v = torch.randn(batch, 2, n, 4), torch.randn(batch, 2, n, 4)
+        rk, rv = ref.update(k, v)
+        ok, ov = ours.update(k, v)
+        assert torch.equal(rk, ok) and torch.equal(rv, ov)
+        assert ours.get_seq_length() == ref.get_seq_length()
+        if step == 2:
+            keep = torch.tensor([0, 2, 4])
+            ref.batch_select_indices(keep)
+            ours.batch_select_indices(keep)
+            batch = 3
+
+
+def test_sampler_matches_the_distribution_and_respects_top_p():
+    import torch
+
+    from cai.backends.transformers import sample_next
+
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    logits = probs.log().repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    freq = torch.bincount(sample_next(logits, 1.0, 1.0, g), minlength=4).float() / 20000
+    assert torch.allclose(freq, probs, atol=0.015)
+    # top_p=0.8: tokens 0 and 1 (mass before token 1 is 0.6 < 0.8), renormalised to 0.6/0.85 and 0.25/0.85
+    freq = torch.bincount(sample_next(logits, 1.0, 0.8, g), minlength=4).float() / 20000
+    assert freq[2] == 0 and freq[3] == 0
+    assert abs(freq[0].item() - 0.6 / 0.85) < 0.015
+    # temperature sharpens: at 0.25 the top token dominates
+    assert (sample_next(logits[:2000], 0.25, 1.0, g) == 0).float().mean() > 0.95

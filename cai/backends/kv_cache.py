@@ -1,0 +1,56 @@
+"""A KV cache layer for our decode loop that appends in place.
+
+transformers' DynamicLayer appends with ``torch.cat``, copying the whole cache of
+every layer at every step; at batch 64 on a 2-core CPU that was 21% of a decode step
+(torch profiler, SmolLM2-135M). This layer keeps a buffer that doubles when full and
+writes each new token into it, and it still supports dropping finished rows.
+"""
+
+from __future__ import annotations
+
+from transformers.cache_utils import DynamicLayer
+
+
+class GrowingLayer(DynamicLayer):
+    """DynamicLayer semantics (keys/values are ``[batch, heads, seq, dim]``) on a doubling buffer."""
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._k = self._v = None
+        self._len = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self._k is None or self._len + n > self._k.shape[-2]:
+            capacity = max(64, 2 * (self._len + n))
+            k = key_states.new_empty((*key_states.shape[:2], capacity, key_states.shape[-1]))
+            v = value_states.new_empty((*value_states.shape[:2], capacity, value_states.shape[-1]))
+            if self._len:
+                k[:, :, : self._len] = self._k[:, :, : self._len]
+                v[:, :, : self._len] = self._v[:, :, : self._len]
+            self._k, self._v = k, v
+        self._k[:, :, self._len : self._len + n] = key_states
+        self._v[:, :, self._len : self._len + n] = value_states
+        self._len += n
+        self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._len if self.is_initialized else 0
+
+    def batch_select_indices(self, indices) -> None:
+        if self.is_initialized and self._k is not None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+
+
+def growing_cache(config):
+    """A DynamicCache for ``config`` whose full-attention layers append in place."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    if all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
