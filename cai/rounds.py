@@ -53,7 +53,7 @@ class ModelsConfig(_Strict):
     policy: str = Field("smollm2-135m", description="Round 0 policy: embedded name, local dir or hub id.")
     feedback: str | None = Field(None, description="Feedback (labeller/judge) model; default: the round 0 policy.")
     backend: str = Field("transformers", description="Generation backend kind.")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)
     device: str = "auto"
     dtype: str = "auto"
 

@@ -31,7 +31,7 @@ class TransformersBackend:
         self,
         model: str | LoadedModel,
         *,
-        batch_size: int = 32,
+        batch_size: int = 64,
         device: str | None = None,
         dtype: str | None = None,
         progress: bool = True,

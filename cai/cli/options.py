@@ -23,7 +23,7 @@ model_options = _stack(
                  help="Model spec: 'smollm2-135m' (embedded), a local directory, or a hub id."),
     click.option("--backend", "backend_kind", default="transformers", show_default=True,
                  help="Where generation runs."),
-    click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
+    click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
                  help="Sequences per forward batch."),
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps or auto."),
     click.option("--dtype", default="auto", show_default=True, help="float32, bfloat16, float16 or auto."),
