@@ -83,6 +83,25 @@ class Backend(Protocol):
         ...
 
 
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids two sequences share (where an option's tokens start)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def normalise_choices(raw: list[float], truncated: bool = False) -> ChoiceScores:
+    """Log-softmax over the options' raw log-probs; the raw values stay in ``extra``."""
+    import math
+
+    top = max(raw)
+    z = top + math.log(sum(math.exp(r - top) for r in raw))
+    return ChoiceScores(logprobs=[r - z for r in raw], truncated=truncated, extra={"raw_logprobs": raw})
+
+
 def provenance(backend: Backend) -> dict[str, Any]:
     info: dict[str, Any] = {"model_id": backend.model_id, "backend": type(backend).__name__}
     extra = getattr(backend, "describe", None)

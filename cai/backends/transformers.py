@@ -9,7 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from cai.backends.base import ChoiceScores, Conversation, Generation, SamplingParams
+from cai.backends.base import (
+    ChoiceScores,
+    Conversation,
+    Generation,
+    SamplingParams,
+    common_prefix_len,
+    normalise_choices,
+)
 from cai.errors import UserInputError
 from cai.models import LoadedModel, load_model
 from cai.progress import progress_bar
@@ -159,7 +166,7 @@ class TransformersBackend:
             splits = []
             for opt in options:
                 full = self._encode(text + opt)
-                common = _common_prefix(prompt, full)
+                common = common_prefix_len(prompt, full)
                 if common == len(full):  # option vanished into the prompt's last token
                     common = len(full) - 1
                 splits.append((full[:common], full[common:]))
@@ -186,7 +193,7 @@ class TransformersBackend:
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 for row, i in enumerate(idx):
                     raw = [logp[row, o[0]].item() for _, o in jobs[i][1]]
-                    results[i] = _normalise(raw, jobs[i][2])
+                    results[i] = normalise_choices(raw, jobs[i][2])
                 bar.update(len(idx))
             # General path: score each option's continuation tokens (multi-token or boundary merges).
             seqs = [(i, k) for i in slow for k in range(len(options))]
@@ -207,7 +214,7 @@ class TransformersBackend:
                     raw_scores[(i, k)] = logp[row, positions, targets].sum().item()
                 bar.update(len(chunk))
             for i in slow:
-                results[i] = _normalise([raw_scores[(i, k)] for k in range(len(options))], jobs[i][2])
+                results[i] = normalise_choices([raw_scores[(i, k)] for k in range(len(options))], jobs[i][2])
         return [r for r in results if r is not None]
 
     # --- helpers -------------------------------------------------------------------
@@ -303,18 +310,3 @@ def _positions(mask):
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _normalise(raw: list[float], truncated: bool) -> ChoiceScores:
-    import math
-
-    top = max(raw)
-    z = top + math.log(sum(math.exp(r - top) for r in raw))
-    return ChoiceScores(logprobs=[r - z for r in raw], truncated=truncated, extra={"raw_logprobs": raw})

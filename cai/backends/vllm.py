@@ -18,10 +18,16 @@ with ``{"prompt_token_ids": ...}`` prompts and a list of per-prompt params).
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Sequence
 
-from cai.backends.base import ChoiceScores, Conversation, Generation, SamplingParams
+from cai.backends.base import (
+    ChoiceScores,
+    Conversation,
+    Generation,
+    SamplingParams,
+    common_prefix_len,
+    normalise_choices,
+)
 from cai.errors import UserInputError
 from cai.models import load_tokenizer, resolve_model_path
 
@@ -162,7 +168,7 @@ class VLLMBackend:
             cut_any = False
             for opt in options:
                 full = self._encode(text + opt)
-                common = min(_common_prefix(prompt, full), len(full) - 1)  # an option is at least one token
+                common = min(common_prefix_len(prompt, full), len(full) - 1)  # an option is at least one token
                 cut_any |= len(full) > budget
                 seqs.append(full[-budget:])
                 spans.append(len(full) - common)
@@ -175,7 +181,7 @@ class VLLMBackend:
             n = min(n, len(seq) - 1)  # position 0 has no log-prob (nothing precedes it)
             raw.append(sum(plp[j][seq[j]].logprob for j in range(len(seq) - n, len(seq))))
         k = len(options)
-        return [_normalise(raw[i * k : (i + 1) * k], truncated[i]) for i in range(len(conversations))]
+        return [normalise_choices(raw[i * k : (i + 1) * k], truncated[i]) for i in range(len(conversations))]
 
 
 def _max_model_len(llm: Any) -> int | None:
@@ -188,19 +194,6 @@ def _max_model_len(llm: Any) -> int | None:
     return None
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _normalise(raw: list[float], truncated: bool) -> ChoiceScores:
-    top = max(raw)
-    z = top + math.log(sum(math.exp(r - top) for r in raw))
-    return ChoiceScores(logprobs=[r - z for r in raw], truncated=truncated, extra={"raw_logprobs": raw})
 
 
 __all__ = ["VLLMBackend"]
