@@ -70,3 +70,12 @@ def test_real_launch_runs_cai_in_two_processes(capfd, monkeypatch):
     monkeypatch.setenv(LAUNCHED_ENV, "accelerate")
     with pytest.raises(CaiError, match="already running under accelerate"):
         launch_with_accelerate(["--version"], CONFIGS / "ddp.yaml")
+
+
+def test_train_launcher_accelerate_needs_a_config_file():
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["train", "--launcher", "accelerate", "sft", "--data", "x", "--out", "y"])
+    assert r.exit_code == 2 and "--accelerate-config" in r.output and "Traceback" not in r.output
