@@ -89,6 +89,22 @@ def _record_from_obj(obj: Any, where: str) -> PromptRecord:
     return PromptRecord(messages=messages, id=rid, extra=extra)
 
 
+def iter_jsonl_objects(path: Path) -> Iterator[tuple[str, Any]]:
+    """(``path:line``, parsed object) for each non-blank line of a user's JSONL file.
+
+    Unlike ``read_jsonl`` (our own, possibly torn files), a bad line here is the user's
+    to fix, so it stops with its line number.
+    """
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
+
+
 def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRecord]:
     """Load a prompt set: .jsonl, .csv, .txt, a saved HF dataset, or a cai dataset directory."""
     p = Path(path)
@@ -111,17 +127,10 @@ def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRe
             if limit and len(records) >= limit:
                 break
     elif p.suffix == ".jsonl" or p.suffix == ".json":
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
-                records.append(_record_from_obj(obj, f"{p}:{lineno}"))
-                if limit and len(records) >= limit:
-                    break
+        for where, obj in iter_jsonl_objects(p):
+            records.append(_record_from_obj(obj, where))
+            if limit and len(records) >= limit:
+                break
     elif p.suffix == ".csv":
         with p.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cai.answers import AnswerExtractor, Extraction, normalize_answer
 from cai.backends.base import Backend, SamplingParams
-from cai.data import FAILURES_FILE, DatasetWriter, PromptRecord, read_jsonl, read_rows, stable_hash
+from cai.data import FAILURES_FILE, DatasetWriter, PromptRecord, iter_jsonl_objects, read_jsonl, read_rows, stable_hash
 from cai.errors import DataError, UserInputError
 from cai.stages.runner import ChunkResult, run_stage
 from cai.templates import Conversation, PromptTemplates
@@ -176,21 +176,14 @@ def load_questions(path: str | Path, *, limit: int | None = None) -> list[Prompt
         raise DataError(f"{p}: question sets are .jsonl (one {{\"question\", \"answer\"}} object per line)")
     records: list[PromptRecord] = []
     seen: set[str] = set()
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
-            rec = _question_record(obj, f"{p}:{lineno}")
-            if rec.id in seen:  # a repeated question would share an id; keep the first so resume stays exact
-                continue
-            seen.add(rec.id)
-            records.append(rec)
-            if limit and len(records) >= limit:
-                break
+    for where, obj in iter_jsonl_objects(p):
+        rec = _question_record(obj, where)
+        if rec.id in seen:  # a repeated question would share an id; keep the first so resume stays exact
+            continue
+        seen.add(rec.id)
+        records.append(rec)
+        if limit and len(records) >= limit:
+            break
     if not records:
         raise DataError(f"{p}: no questions found; the file is empty")
     return records
