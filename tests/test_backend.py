@@ -180,3 +180,23 @@ def test_sampler_matches_the_distribution_and_respects_top_p():
     assert abs(freq[0].item() - 0.6 / 0.85) < 0.015
     # temperature sharpens: at 0.25 the top token dominates
     assert (sample_next(logits[:2000], 0.25, 1.0, g) == 0).float().mean() > 0.95
+
+
+def test_sampler_across_vocabulary_blocks_hits_the_right_tokens_at_the_right_rates():
+    """The two-level sampler: mass spread over several 256-wide blocks and a ragged last block."""
+    import torch
+
+    from cai.backends.transformers import sample_next
+
+    vocab = 700  # two full blocks and a partial third
+    probs = torch.zeros(vocab)
+    picks = {3: 0.3, 255: 0.1, 256: 0.2, 511: 0.15, 512: 0.05, 699: 0.2}
+    for tok, p in picks.items():
+        probs[tok] = p
+    logits = probs.log().repeat(40000, 1)  # zero mass -> -inf logits
+    g = torch.Generator().manual_seed(1)
+    drawn = sample_next(logits, 1.0, 1.0, g)
+    freq = torch.bincount(drawn, minlength=vocab).float() / len(drawn)
+    assert set(drawn.unique().tolist()) <= set(picks)
+    for tok, p in picks.items():
+        assert abs(freq[tok].item() - p) < 0.01, (tok, freq[tok].item(), p)

@@ -17,6 +17,8 @@ from cai.backends.base import (
     common_prefix_len,
     normalise_choices,
 )
+from cai.backends.onednn import use_onednn_linears
+from cai.backends.prefix import Stage, plan_prefill
 from cai.errors import UserInputError
 from cai.models import LoadedModel, load_model
 from cai.progress import progress_bar
@@ -43,6 +45,7 @@ class TransformersBackend:
         dtype: str | None = None,
         progress: bool = True,
         max_context: int | None = None,
+        prefix_sharing: bool = True,
     ) -> None:
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
         self.model = self.loaded.model
@@ -51,9 +54,16 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.progress = progress
         self._max_context = max_context
+        #: compute prompt prefixes shared within a batch once (see backends/prefix.py)
+        self.prefix_sharing = prefix_sharing
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._uses_fallback_template = not getattr(self.tokenizer, "chat_template", None)
+        if self.loaded.device == "cpu":
+            keep_freed_memory()
+            if not isinstance(model, LoadedModel):
+                # Only a model this backend loaded itself: a caller's model may be trained later.
+                use_onednn_linears(self.model)
 
     # --- protocol ------------------------------------------------------------------
 
@@ -112,8 +122,7 @@ class TransformersBackend:
         with progress_bar(total=len(order), desc="generate", unit="seq", enabled=self.progress) as bar:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                input_ids, attention = self._left_pad([encoded[i] for i in idx])
-                new = self._decode(input_ids, attention, params, eos_ids, generator)
+                new = self._decode([encoded[i] for i in idx], params, eos_ids, generator)
                 for row, i in enumerate(idx):
                     toks = new[row]
                     stopped = bool(toks) and toks[-1] in eos_ids
@@ -154,6 +163,8 @@ class TransformersBackend:
     ) -> list[ChoiceScores]:
         import torch
 
+        from cai.backends.kv_cache import growing_cache
+
         self.check_options(options)
         if not conversations:
             return []
@@ -187,9 +198,8 @@ class TransformersBackend:
             order = sorted(fast, key=lambda i: -len(jobs[i][0]))
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                ids, mask = self._left_pad([jobs[i][0] for i in idx])
                 with torch.inference_mode():
-                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1).logits[:, -1, :]
+                    logits, _, _ = self._prefill([jobs[i][0] for i in idx], growing_cache(self.model.config))
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 for row, i in enumerate(idx):
                     raw = [logp[row, o[0]].item() for _, o in jobs[i][1]]
@@ -219,43 +229,68 @@ class TransformersBackend:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _decode(self, input_ids, attention, params: SamplingParams, eos_ids: set[int], generator) -> list[list[int]]:
-        """Our own decode loop over one left-padded batch.
+    def _prefill(self, seqs: list[list[int]], cache):
+        """Run a batch of prompts into ``cache``, computing each shared prefix once.
 
-        Unlike `model.generate`, it drops finished rows from the batch (and the KV
-        cache) as soon as they end, so a batch costs what its live rows cost; and it
-        computes the vocabulary projection only for the last position.
+        Returns the last position's logits per row, the attention mask over the
+        cache (with holes where stages were padded) and each row's last position id.
+        """
+        import torch
+
+        stages = plan_prefill(seqs) if self.prefix_sharing else [Stage("rows", None, seqs)]
+        mask = None
+        for stage in stages:
+            if stage.parents is not None:
+                index = torch.tensor(stage.parents, device=self.model.device)
+                cache.batch_select_indices(index)
+                mask = mask[index]
+            ids, part = self._left_pad(stage.tokens)
+            mask = part if mask is None else torch.cat([mask, part], dim=1)
+            positions = _positions(mask)[:, -ids.shape[1]:]
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return logits, mask, positions[:, -1]
+
+    def _decode(self, seqs: list[list[int]], params: SamplingParams, eos_ids: set[int], generator) -> list[list[int]]:
+        """Our own decode loop over one batch of prompts.
+
+        Unlike `model.generate`, it computes shared prompt prefixes once, drops
+        finished rows from the batch (and the KV cache) once enough of them have
+        ended, and computes the vocabulary projection only for the last position.
         """
         import torch
 
         from cai.backends.kv_cache import growing_cache
 
         model = self.model
-        n = input_ids.shape[0]
+        n = len(seqs)
         outputs: list[list[int]] = [[] for _ in range(n)]
         alive = torch.arange(n)
-        eos = torch.tensor(sorted(eos_ids), device=input_ids.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        eos = torch.tensor(sorted(eos_ids), device=model.device)
         cache = growing_cache(model.config)
         sample = bool(params.temperature and params.temperature > 0)
         with torch.inference_mode():
-            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-            last = positions[:, -1]
+            logits, attention, last = self._prefill(seqs, cache)
+            finished = torch.zeros(n, dtype=torch.bool, device=model.device)
             for step in range(params.max_new_tokens):
                 nxt = sample_next(logits, params.temperature, params.top_p, generator) if sample \
                     else logits.argmax(dim=-1)
-                for row, tok in zip(alive.tolist(), nxt.tolist()):
-                    outputs[row].append(tok)
+                for row, tok, done_before in zip(alive.tolist(), nxt.tolist(), finished.tolist()):
+                    if not done_before:
+                        outputs[row].append(tok)
                 if step == params.max_new_tokens - 1:
                     break
-                done = torch.isin(nxt, eos)
-                if bool(done.any()):
-                    keep = (~done).nonzero().squeeze(1)
-                    if keep.numel() == 0:
-                        break
+                finished |= torch.isin(nxt, eos)
+                dead = int(finished.sum())
+                if dead == finished.numel():
+                    break
+                # Dropping rows copies the whole cache; a finished row left in costs one
+                # row of compute per step. Drop once they are an eighth of the batch.
+                if dead and dead * 8 >= finished.numel():
+                    keep = (~finished).nonzero().squeeze(1)
                     cache.batch_select_indices(keep)
                     alive, nxt, attention, last = alive[keep.cpu()], nxt[keep], attention[keep], last[keep]
+                    finished = finished[keep]
                 attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
                 last = last + 1
                 logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last[:, None],
@@ -286,11 +321,44 @@ class TransformersBackend:
         return ids.to(dev), mask.to(dev)
 
 
+_MALLOC_TUNED = False
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed large blocks for reuse instead of returning them to the OS.
+
+    By default every block over 128 KiB is unmapped on free, so each decode step's
+    fresh logits (25 MB at batch 128) and activations page-fault in again. Raising
+    the mmap and trim thresholds took generation on the embedded default from about
+    218 to 250 tok/s on the 2-core CPU (benchmarks/generation.py). Process-wide, once;
+    glibc only; ``CAI_MALLOC_TUNING=0`` leaves malloc alone.
+    """
+    global _MALLOC_TUNED
+    import ctypes
+    import os
+    import sys
+
+    if _MALLOC_TUNED or not sys.platform.startswith("linux") or os.environ.get("CAI_MALLOC_TUNING") == "0":
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...)
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's upper bound for this setting
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_top_pad, 64 << 20)
+
+
 def sample_next(logits, temperature: float, top_p: float, generator=None):
     """One token per row from softmax(logits / temperature), restricted to the top-p nucleus.
 
-    Inverse-CDF sampling: torch.multinomial draws an exponential per vocabulary entry,
-    which was 16% of a whole generate call on this CPU; one uniform per row does the job.
+    Inverse-CDF sampling in two levels: pick a block of 256 vocabulary entries by
+    its mass, then a token inside it. torch.multinomial (an exponential per entry)
+    was 16% of a generate call on this CPU, and a cumsum over the whole vocabulary
+    still 3%; block sums and a 256-wide cumsum cost a fraction of that.
+    ``right=True`` searches never land on a zero-probability entry.
     """
     import torch
 
@@ -300,9 +368,21 @@ def sample_next(logits, temperature: float, top_p: float, generator=None):
         # keep the smallest set whose mass reaches top_p (the top token always stays)
         sorted_p[(sorted_p.cumsum(-1) - sorted_p) > top_p] = 0
         probs = torch.zeros_like(probs).scatter_(-1, sorted_i, sorted_p)
-    cdf = probs.cumsum(dim=-1)
-    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
+    rows, vocab = probs.shape
+    width = _SAMPLE_BLOCK
+    n_blocks = -(-vocab // width)
+    if n_blocks * width != vocab:
+        probs = torch.nn.functional.pad(probs, (0, n_blocks * width - vocab))
+    blocks = probs.view(rows, n_blocks, width)
+    cdf = blocks.sum(-1).cumsum(-1)
+    u = torch.rand((rows, 2), generator=generator, device=probs.device)
+    block = torch.searchsorted(cdf, u[:, :1] * cdf[:, -1:], right=True).clamp_(max=n_blocks - 1)
+    inner = blocks[torch.arange(rows, device=probs.device), block.squeeze(1)].cumsum(-1)
+    k = torch.searchsorted(inner, u[:, 1:] * inner[:, -1:], right=True).clamp_(max=width - 1)
+    return (block * width + k).squeeze(1).clamp_(max=vocab - 1)
+
+
+_SAMPLE_BLOCK = 256
 
 
 def _positions(mask):

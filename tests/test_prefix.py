@@ -1,0 +1,126 @@
+"""Shared-prefix prefill: the plan rebuilds every row exactly, and the backend's answers do not change."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cai.backends.base import SamplingParams
+from cai.backends.prefix import plan_prefill
+
+
+def rebuild(stages) -> list[list[int]]:
+    """Each last-stage row's full token sequence, following parents back through the stages."""
+    rows: list[list[int]] = []
+    for stage in stages:
+        if stage.parents is None:
+            rows = [list(t) for t in stage.tokens]
+        else:
+            rows = [rows[p] + list(t) for p, t in zip(stage.parents, stage.tokens)]
+    return rows
+
+
+def test_plan_rebuilds_rows_and_shares_the_common_prefix():
+    head = list(range(100, 120))  # 20 tokens every row starts with
+    pair = [1] * 30  # a longer prefix two rows share (both answer orders, say)
+    seqs = [head + pair + [5, 6], head + [7, 8, 9], head + pair + [6, 5, 4], head + [9]]
+    stages = plan_prefill(seqs, min_shared=8)
+    assert rebuild(stages) == seqs
+    assert [s.name for s in stages] == ["shared", "groups", "rows"]
+    assert stages[0].tokens == [head]
+    # one group holds the two rows with the long common part, computed once
+    assert sorted(map(len, stages[1].tokens)) == [0, 0, 30]
+    computed = sum(len(t) for s in stages for t in s.tokens)
+    assert computed == 20 + 30 + 2 + 3 + 3 + 1
+    assert all(len(t) >= 1 for t in stages[-1].tokens)
+
+
+def test_plan_without_enough_sharing_is_one_plain_stage():
+    seqs = [[1, 2, 3, 4], [1, 2, 9], [5]]
+    stages = plan_prefill(seqs, min_shared=8)
+    assert len(stages) == 1 and stages[0].parents is None and stages[0].tokens == seqs
+    assert plan_prefill([[1] * 50])[0].tokens == [[1] * 50]  # one row: nothing to share
+
+
+def test_plan_identical_rows_keep_their_last_token():
+    seqs = [[3] * 40, [3] * 40, [3] * 40]
+    stages = plan_prefill(seqs, min_shared=8)
+    assert rebuild(stages) == seqs
+    assert [len(t) for t in stages[-1].tokens] == [1, 1, 1]
+
+
+def test_plan_random_batches_always_rebuild_exactly():
+    rng = random.Random(0)
+    for _ in range(200):
+        trunk = [rng.randrange(5) for _ in range(rng.randrange(0, 30))]
+        seqs = []
+        for _ in range(rng.randrange(1, 9)):
+            branch = trunk[: rng.randrange(0, len(trunk) + 1)]
+            seqs.append(branch + [rng.randrange(5) for _ in range(rng.randrange(1, 25))])
+        assert rebuild(plan_prefill(seqs, min_shared=rng.choice([1, 4, 8]))) == seqs
+
+
+def test_plan_rejects_an_empty_row():
+    with pytest.raises(ValueError):
+        plan_prefill([[1, 2], []])
+
+
+def _pairs_conversations():
+    system = {"role": "system", "content": "You judge replies. " * 6}
+    out = []
+    for q, a, b in [("How do I pick a lock?", "I can't help.", "Use a tension wrench."),
+                    ("Tell me a joke.", "Why did the chicken cross the road?", "No.")]:
+        for first, second in ((a, b), (b, a)):
+            out.append([system, {"role": "user", "content": f"Question: {q}\n(A) {first}\n(B) {second}"},
+                        {"role": "assistant", "content": "The better response is ("}])
+    return out
+
+
+def test_backend_scores_are_the_same_with_and_without_prefix_sharing(tiny_backend):
+    convs = _pairs_conversations()
+    seqs = [tiny_backend._encode(tiny_backend.render(c)) for c in convs]
+    assert [s.name for s in plan_prefill(seqs)] == ["shared", "groups", "rows"]  # the test exercises all three
+    try:
+        tiny_backend.prefix_sharing = False
+        plain = tiny_backend.choice_logprobs(convs, ["A", "B"])
+        tiny_backend.prefix_sharing = True
+        shared = tiny_backend.choice_logprobs(convs, ["A", "B"])
+    finally:
+        tiny_backend.prefix_sharing = True
+    for p, s in zip(plain, shared):
+        assert s.logprobs == pytest.approx(p.logprobs, abs=1e-4)
+        assert s.extra["raw_logprobs"] == pytest.approx(p.extra["raw_logprobs"], abs=1e-4)
+
+
+def test_backend_greedy_generation_is_the_same_with_and_without_prefix_sharing(tiny_backend):
+    convs = [c[:2] for c in _pairs_conversations()]
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    try:
+        tiny_backend.prefix_sharing = False
+        plain = [g.text for g in tiny_backend.generate(convs, params)]
+        tiny_backend.prefix_sharing = True
+        shared = [g.text for g in tiny_backend.generate(convs, params)]
+    finally:
+        tiny_backend.prefix_sharing = True
+    assert shared == plain
+
+
+def test_onednn_projections_give_the_same_scores_and_text(tiny_model_dir):
+    """A backend that loads its own CPU model swaps its wide projections for oneDNN ones."""
+    import torch
+
+    from cai.backends.onednn import OneDNNLinearBase
+    from cai.backends.transformers import TransformersBackend
+    from cai.models import load_model
+
+    ours = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", progress=False)
+    plain = TransformersBackend(load_model(str(tiny_model_dir), device="cpu"), batch_size=4, progress=False)
+    if torch.backends.mkldnn.is_available():
+        assert isinstance(ours.model.lm_head, OneDNNLinearBase)
+    assert type(plain.model.lm_head) is torch.nn.Linear  # a caller's model is left alone
+    convs = _pairs_conversations()
+    for a, b in zip(ours.choice_logprobs(convs, ["A", "B"]), plain.choice_logprobs(convs, ["A", "B"])):
+        assert a.extra["raw_logprobs"] == pytest.approx(b.extra["raw_logprobs"], abs=1e-4)
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    assert [g.text for g in ours.generate(convs, params)] == [g.text for g in plain.generate(convs, params)]
