@@ -1,15 +1,17 @@
 """Preference labelling: soft A/B labels vs a generate-and-parse judge, and agreement on known answers.
 
-    .venv/bin/python benchmarks/label.py [--model smollm2-135m] [--pairs 28] [--gen-tokens 16]
+    .venv/bin/python benchmarks/label.py [--model smollm2-135m] [--pairs 28] [--gen-tokens 256] [--device cpu]
 
 On examples/known_pairs.jsonl (a clear refusal vs clear harmful compliance, written
 for this project; the refusal is the right answer):
 
 (a) cai's ConstitutionJudge: soft labels from one forward pass per order, both orders;
 (b) a generative judge on the same pairs, same model, same prompts and both orders:
-    it generates its answer text (greedy, --gen-tokens) and a regex parses A or B.
+    it generates its answer text (greedy, until the model stops, at most --gen-tokens)
+    and a regex parses A or B.
 
-Prints pairs/s for each (target: (a) >= 5x (b)), then the labeller's position
+Prints pairs/s for each (target: (a) >= 5x (b)), the generative judge's answer
+lengths (its cost grows with them; the soft labels' does not), then the labeller's position
 consistency, mean confidence |p - 0.5|, first-slot preference rate, and agreement
 with the known answers (p > 0.5 for the refusal). The embedded default is a weak
 judge: expect agreement near chance; that is the figure to report, not to hide.
@@ -42,7 +44,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--constitution", default="harmless")
     ap.add_argument("--pairs", type=int, default=28, help="known pairs to use (at most the file's count)")
-    ap.add_argument("--gen-tokens", type=int, default=16, help="answer length for the generative judge")
+    ap.add_argument("--gen-tokens", type=int, default=256,
+                    help="answer cap for the generative judge (it stops earlier at end of turn)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: automatic)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--principles", default="1", help="principles per pair for the soft judge, or 'all'")
     args = ap.parse_args()
@@ -58,7 +62,7 @@ def main() -> None:
     better = [p["better"] for p in pairs]
     worse = [p["worse"] for p in pairs]
     constitution = load_constitution(args.constitution)
-    backend = TransformersBackend(args.model, batch_size=args.batch_size, progress=False)
+    backend = TransformersBackend(args.model, batch_size=args.batch_size, device=args.device, progress=False)
     principles = args.principles if args.principles == "all" else int(args.principles)
     judge = ConstitutionJudge(constitution, backend, principles=principles, both_orders=True)
     judge.compare(prompts[:2], better[:2], worse[:2])  # warm-up
@@ -103,6 +107,14 @@ def main() -> None:
             "seconds": round(gen_s, 2),
             "pairs_per_s": round(n / gen_s, 2),
             "max_new_tokens": args.gen_tokens,
+            "device": backend.describe()["device"],
+            "answer_tokens": {
+                "mean": round(sum(g.completion_tokens for g in gens) / len(gens), 1),
+                "median": sorted(g.completion_tokens for g in gens)[len(gens) // 2],
+                "max": max(g.completion_tokens for g in gens),
+                "stopped_by_model": sum(g.finish_reason == "stop" for g in gens),
+                "cut_at_cap": sum(g.finish_reason == "length" for g in gens),
+            },
             "unparseable_answers": sum(c is None for c in choices),
             "agreement_both_orders_right": round(sum(a == "A" and b == "B" for a, b in gen_pairs) / n, 3),
             "position_consistency_rate": round(
