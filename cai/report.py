@@ -62,7 +62,9 @@ def _series(data: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
         add("labeller position consistency", k, stats.get("position_consistency_rate"))
         add("labeller mean confidence", k, stats.get("mean_confidence"))
         kl = _last_metric(r["rl"], ("objective/kl", "kl", "train/kl"))
-        add("KL to reference (RL)", k, kl)
+        # TRL's per-batch estimate, mean(log p - log p_ref) over sampled tokens: unbiased
+        # but noisy, so a short run can print a small negative value.
+        add("KL to reference (RL, last batch's sampled estimate)", k, kl)
     return out
 
 
