@@ -59,6 +59,8 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._uses_fallback_template = not getattr(self.tokenizer, "chat_template", None)
+        #: counted before any layer swap below (swapped weights are no longer parameters)
+        self.parameter_count = sum(p.numel() for p in self.model.parameters())
         if self.loaded.device == "cpu":
             keep_freed_memory()
             if not isinstance(model, LoadedModel):
