@@ -12,6 +12,7 @@ Targets on a 2-core CPU: (b) >= 8x (a) and (b) >= 40% of (c).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -23,7 +24,7 @@ os.environ.setdefault("CAI_NO_PROGRESS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gemm_flops(n: int = 2048, reps: int = 5) -> float:
+def gemm_flops(n: int = 2048, reps: int = 10) -> float:
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -61,6 +62,8 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0, seed=0)
     n_params = backend.parameter_count
 
+    roof_before = gemm_flops()
+
     # (a) naive: what a first script does — one prompt, one generate call, at a time.
     torch.manual_seed(0)
     naive_tokens, t = 0, time.perf_counter()
@@ -73,15 +76,20 @@ def main() -> None:
     naive = naive_tokens / (time.perf_counter() - t)
 
     # (b) our backend, all prompts in one call.
-    # Warm-up on the full batch, so the timed run does not pay first-touch page faults.
-    backend.generate(convs, SamplingParams(max_new_tokens=4, temperature=0))
+    # Warm-up: one whole untimed pass with another seed. The first pass of a process pays
+    # one-off costs (heap growth, oneDNN compiling a kernel per new batch shape as rows
+    # finish) that a long labelling or generation job pays once; the first pass here ran
+    # 240-260 tok/s against 280-300 for later ones.
+    backend.generate(convs, dataclasses.replace(params, seed=1))
     t = time.perf_counter()
     gens = backend.generate(convs, params)
     elapsed = time.perf_counter() - t
     ours = sum(g.completion_tokens for g in gens) / elapsed
 
-    # (c) the roof, measured in this run.
-    flops = gemm_flops()
+    # (c) the roof, measured in this run: the best of a measurement before and one after,
+    # so a slow moment on a shared machine does not lower the bar.
+    roof_after = gemm_flops()
+    flops = max(roof_before, roof_after)
     roof = flops / (2 * n_params)
 
     result = {
@@ -94,6 +102,7 @@ def main() -> None:
         "b_backend_tok_s": round(ours, 1),
         "c_roof_tok_s": round(roof, 1),
         "gemm_gflop_s": round(flops / 1e9, 1),
+        "gemm_gflop_s_before_after": [round(roof_before / 1e9, 1), round(roof_after / 1e9, 1)],
         "b_over_a": round(ours / naive, 2),
         "b_over_c": round(ours / roof, 3),
         "targets": {"b_over_a": ">= 8", "b_over_c": ">= 0.40"},

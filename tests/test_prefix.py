@@ -124,3 +124,41 @@ def test_onednn_projections_give_the_same_scores_and_text(tiny_model_dir):
         assert a.extra["raw_logprobs"] == pytest.approx(b.extra["raw_logprobs"], abs=1e-4)
     params = SamplingParams(max_new_tokens=10, temperature=0)
     assert [g.text for g in ours.generate(convs, params)] == [g.text for g in plain.generate(convs, params)]
+
+
+def test_split_by_width_cuts_where_padding_outweighs_a_pass():
+    from cai.backends.prefix import split_by_width
+
+    widths = [30, 31, 29, 5, 4, 6, 30]
+    chunks = split_by_width(widths, overhead=10)
+    assert sorted(sorted(c) for c in chunks) == [[0, 1, 2, 6], [3, 4, 5]]
+    assert split_by_width(widths, overhead=10_000) == [sorted(range(7), key=lambda i: -widths[i])]
+    assert sorted(i for c in split_by_width(widths, overhead=0) for i in c) == list(range(7))
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_chunked_prefill_gives_the_same_scores_and_text(tiny_backend, monkeypatch, sharing):
+    """Rows of very different lengths, prefilled in one padded pass vs one pass per length chunk."""
+    import cai.backends.transformers as tb
+
+    convs = _pairs_conversations()
+    convs = convs + [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "word " * 60}]]
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    tiny_backend.batch_size = len(convs)
+    tiny_backend.prefix_sharing = sharing
+    try:
+        monkeypatch.setattr(tb, "CHUNK_OVERHEAD", 10**9)  # never chunk
+        one_scores = tiny_backend.choice_logprobs(convs, ["A", "B"])
+        one_text = [g.text for g in tiny_backend.generate(convs, params)]
+        monkeypatch.setattr(tb, "CHUNK_OVERHEAD", 0)  # a chunk per distinct length
+        seqs = [tiny_backend._encode(tiny_backend.render(c)) for c in convs]
+        stages = plan_prefill(seqs) if sharing else None
+        last = stages[-1].tokens if sharing else seqs
+        assert len(tb.split_by_width([len(t) for t in last], 0)) > 1  # the test does chunk
+        chunk_scores = tiny_backend.choice_logprobs(convs, ["A", "B"])
+        chunk_text = [g.text for g in tiny_backend.generate(convs, params)]
+    finally:
+        tiny_backend.batch_size, tiny_backend.prefix_sharing = 4, True
+    for a, b in zip(one_scores, chunk_scores):
+        assert b.extra["raw_logprobs"] == pytest.approx(a.extra["raw_logprobs"], abs=1e-4)
+    assert chunk_text == one_text

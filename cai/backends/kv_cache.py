@@ -40,10 +40,57 @@ class GrowingLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self._len if self.is_initialized else 0
 
+    def load(self, keys, values, length: int) -> None:
+        """Start from buffers ``[batch, heads, capacity, dim]`` whose first ``length`` positions are filled."""
+        self.lazy_initialization(keys, values)
+        self._k, self._v, self._len = keys, values, length
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
     def batch_select_indices(self, indices) -> None:
         if self.is_initialized and self._k is not None:
             self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+
+
+def is_growing(cache) -> bool:
+    return all(type(layer) is GrowingLayer for layer in cache.layers)
+
+
+def fork(cache, indices, config):
+    """A new growing cache holding copies of rows ``indices`` of ``cache``."""
+    new = growing_cache(config)
+    for src, dst in zip(cache.layers, new.layers):
+        if src.is_initialized:
+            dst.load(src._k[indices], src._v[indices], src._len)
+    return new
+
+
+def merge_chunks(parts, n_rows: int, start: int, config):
+    """One growing cache for ``n_rows`` rows from caches of row chunks.
+
+    ``parts`` is a list of (cache, row indices, width): every chunk cache holds
+    ``start`` positions common to all chunks, then ``width`` of its own. Each chunk's
+    own positions are right-aligned to the widest chunk; the gap is zero-filled (the
+    attention mask hides it; zeros, not garbage, so masked weights times values stay 0).
+    """
+    import torch
+
+    wide = max(width for _, _, width in parts)
+    length = start + wide
+    merged = growing_cache(config)
+    for layer, dst in enumerate(merged.layers):
+        first = parts[0][0].layers[layer]._k
+        shape = (n_rows, first.shape[1], max(64, 2 * length), first.shape[3])
+        k, v = first.new_zeros(shape), first.new_zeros(shape)
+        for cache, rows, width in parts:
+            src = cache.layers[layer]
+            index = torch.as_tensor(rows, device=first.device)
+            k[index, :, :start] = src._k[:, :, :start]
+            v[index, :, :start] = src._v[:, :, :start]
+            k[index, :, length - width : length] = src._k[:, :, start : start + width]
+            v[index, :, length - width : length] = src._v[:, :, start : start + width]
+        dst.load(k, v, length)
+    return merged
 
 
 def growing_cache(config):

@@ -94,3 +94,28 @@ def _group(rows: list[list[int]], shared: int, min_shared: int) -> list[tuple[li
         members, end = [i], len(rows[i]) - 1
     groups.append((members, end if len(members) > 1 else shared))
     return groups
+
+
+def split_by_width(widths: Sequence[int], overhead: int = 64) -> list[list[int]]:
+    """Split rows into chunks of similar width so padding wastes little compute.
+
+    A left-padded forward pass over n rows costs about n x (widest row) tokens; each
+    extra pass costs about ``overhead`` tokens more (one more pass through every layer,
+    and a copy to merge its KV cache). Rows are sorted by width and cut where that
+    total is least (dynamic programming, n <= a batch). Returns lists of row indices.
+    """
+    order = sorted(range(len(widths)), key=lambda i: -widths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j rows (widest first)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # rows i..j-1 form the last chunk; its widest is row i
+            cost = best[i] + (j - i) * widths[order[i]] + (overhead if i else 0)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    chunks = []
+    j = n
+    while j:
+        chunks.append(order[cut[j] : j])
+        j = cut[j]
+    return chunks[::-1]

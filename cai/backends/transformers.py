@@ -18,12 +18,15 @@ from cai.backends.base import (
     normalise_choices,
 )
 from cai.backends.onednn import use_onednn_linears
-from cai.backends.prefix import Stage, plan_prefill
+from cai.backends.prefix import Stage, plan_prefill, split_by_width
 from cai.errors import UserInputError
 from cai.models import LoadedModel, load_model
 from cai.progress import progress_bar
 
 log = logging.getLogger(__name__)
+
+#: What one more prefill pass costs, in padded tokens (see prefix.split_by_width).
+CHUNK_OVERHEAD = 64
 
 # Used only when a tokenizer has no chat template (base models): plain role-tagged turns.
 FALLBACK_CHAT_TEMPLATE = (
@@ -165,8 +168,6 @@ class TransformersBackend:
     ) -> list[ChoiceScores]:
         import torch
 
-        from cai.backends.kv_cache import growing_cache
-
         self.check_options(options)
         if not conversations:
             return []
@@ -201,7 +202,7 @@ class TransformersBackend:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 with torch.inference_mode():
-                    logits, _, _ = self._prefill([jobs[i][0] for i in idx], growing_cache(self.model.config))
+                    _, logits, _, _ = self._prefill([jobs[i][0] for i in idx])
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 for row, i in enumerate(idx):
                     raw = [logp[row, o[0]].item() for _, o in jobs[i][1]]
@@ -231,27 +232,78 @@ class TransformersBackend:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _prefill(self, seqs: list[list[int]], cache):
-        """Run a batch of prompts into ``cache``, computing each shared prefix once.
+    def _prefill(self, seqs: list[list[int]]):
+        """Run a batch of prompts into a new KV cache, computing each shared prefix once.
 
-        Returns the last position's logits per row, the attention mask over the
-        cache (with holes where stages were padded) and each row's last position id.
+        The last stage (each row's own tokens) runs in chunks of rows of similar
+        length, merged into one cache, where that saves more padding than the extra
+        passes cost. Returns the cache, the last position's logits per row, the
+        attention mask over the cache (with holes where stages were padded) and each
+        row's last position id.
         """
         import torch
 
+        from cai.backends.kv_cache import growing_cache, is_growing
+
+        config = self.model.config
+        cache = growing_cache(config)
         stages = plan_prefill(seqs) if self.prefix_sharing else [Stage("rows", None, seqs)]
         mask = None
-        for stage in stages:
+        for n, stage in enumerate(stages):
+            last_stage = n == len(stages) - 1
+            chunks = split_by_width([len(t) for t in stage.tokens], CHUNK_OVERHEAD) if last_stage else []
+            if len(chunks) > 1 and is_growing(cache):
+                return self._prefill_chunks(stage, chunks, cache, mask)
             if stage.parents is not None:
                 index = torch.tensor(stage.parents, device=self.model.device)
                 cache.batch_select_indices(index)
                 mask = mask[index]
-            ids, part = self._left_pad(stage.tokens)
-            mask = part if mask is None else torch.cat([mask, part], dim=1)
-            positions = _positions(mask)[:, -ids.shape[1]:]
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            logits, mask, last = self._forward_stage(stage.tokens, cache, mask)
+        return cache, logits, mask, last
+
+    def _forward_stage(self, tokens: list[list[int]], cache, mask):
+        """One left-padded forward pass appending ``tokens`` to every row of ``cache``."""
+        import torch
+
+        ids, part = self._left_pad(tokens)
+        mask = part if mask is None else torch.cat([mask, part], dim=1)
+        positions = _positions(mask)[:, -ids.shape[1]:]
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         return logits, mask, positions[:, -1]
+
+    def _prefill_chunks(self, stage: Stage, chunks: list[list[int]], cache, mask):
+        """The last stage in row chunks, each from a copy of the rows' parents, merged."""
+        import torch
+
+        from cai.backends.kv_cache import fork, growing_cache, merge_chunks
+
+        config = self.model.config
+        start = 0 if mask is None else mask.shape[1]
+        n = len(stage.tokens)
+        parts, pieces = [], []
+        for rows in chunks:
+            if stage.parents is None:
+                sub, sub_mask = growing_cache(config), None
+            else:
+                index = torch.tensor([stage.parents[r] for r in rows], device=self.model.device)
+                sub, sub_mask = fork(cache, index, config), mask[index]
+            logits, sub_mask, last = self._forward_stage([stage.tokens[r] for r in rows], sub, sub_mask)
+            width = sub_mask.shape[1] - start
+            parts.append((sub, rows, width))
+            pieces.append((rows, logits, sub_mask, last, width))
+        wide = max(p[4] for p in pieces)
+        logits_all = pieces[0][1].new_empty((n, pieces[0][1].shape[-1]))
+        mask_all = pieces[0][2].new_zeros((n, start + wide))
+        last_all = pieces[0][3].new_empty(n)
+        for rows, logits, sub_mask, last, width in pieces:
+            index = torch.tensor(rows, device=self.model.device)
+            logits_all[index] = logits
+            last_all[index] = last
+            mask_all[index, :start] = sub_mask[:, :start]
+            mask_all[index, start + wide - width :] = sub_mask[:, start:]
+        merged = merge_chunks(parts, n, start, config)
+        return merged, logits_all, mask_all, last_all
 
     def _decode(self, seqs: list[list[int]], params: SamplingParams, eos_ids: set[int], generator) -> list[list[int]]:
         """Our own decode loop over one batch of prompts.
@@ -262,17 +314,14 @@ class TransformersBackend:
         """
         import torch
 
-        from cai.backends.kv_cache import growing_cache
-
         model = self.model
         n = len(seqs)
         outputs: list[list[int]] = [[] for _ in range(n)]
         alive = torch.arange(n)
         eos = torch.tensor(sorted(eos_ids), device=model.device)
-        cache = growing_cache(model.config)
         sample = bool(params.temperature and params.temperature > 0)
         with torch.inference_mode():
-            logits, attention, last = self._prefill(seqs, cache)
+            cache, logits, attention, last = self._prefill(seqs)
             finished = torch.zeros(n, dtype=torch.bool, device=model.device)
             for step in range(params.max_new_tokens):
                 nxt = sample_next(logits, params.temperature, params.top_p, generator) if sample \
