@@ -52,12 +52,15 @@ def _onednn_linear_class():
 def use_onednn_linears(model: Any) -> int:
     """Swap the wide fp32 ``nn.Linear`` layers of a CPU model for oneDNN ones; returns how many.
 
-    A no-op (0) where torch has no oneDNN or the model is not fp32 on the CPU.
-    The model is for inference afterwards: do not train or save it.
+    A no-op (0) where torch has no oneDNN, off x86-64 (where it was not measured),
+    or for layers that are not fp32 on the CPU. The model is for inference
+    afterwards: do not train or save it.
     """
+    import platform
+
     import torch
 
-    if not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
         return 0
     cls = _onednn_linear_class()
     swaps = []
