@@ -65,13 +65,14 @@ def fork(cache, indices, config):
     return new
 
 
-def merge_chunks(parts, n_rows: int, start: int, config):
+def merge_chunks(parts, n_rows: int, start: int, config, room: int = 0):
     """One growing cache for ``n_rows`` rows from caches of row chunks.
 
     ``parts`` is a list of (cache, row indices, width): every chunk cache holds
     ``start`` positions common to all chunks, then ``width`` of its own. Each chunk's
     own positions are right-aligned to the widest chunk; the gap is zero-filled (the
     attention mask hides it; zeros, not garbage, so masked weights times values stay 0).
+    The buffers leave ``room`` positions free for tokens still to come.
     """
     import torch
 
@@ -80,7 +81,7 @@ def merge_chunks(parts, n_rows: int, start: int, config):
     merged = growing_cache(config)
     for layer, dst in enumerate(merged.layers):
         first = parts[0][0].layers[layer]._k
-        shape = (n_rows, first.shape[1], max(64, 2 * length), first.shape[3])
+        shape = (n_rows, first.shape[1], length + max(room, 1), first.shape[3])
         k, v = first.new_zeros(shape), first.new_zeros(shape)
         for cache, rows, width in parts:
             src = cache.layers[layer]

@@ -232,14 +232,14 @@ class TransformersBackend:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _prefill(self, seqs: list[list[int]]):
+    def _prefill(self, seqs: list[list[int]], room: int = 0):
         """Run a batch of prompts into a new KV cache, computing each shared prefix once.
 
         The last stage (each row's own tokens) runs in chunks of rows of similar
         length, merged into one cache, where that saves more padding than the extra
         passes cost. Returns the cache, the last position's logits per row, the
         attention mask over the cache (with holes where stages were padded) and each
-        row's last position id.
+        row's last position id. ``room``: tokens the caller will append (buffer headroom).
         """
         import torch
 
@@ -253,7 +253,7 @@ class TransformersBackend:
             last_stage = n == len(stages) - 1
             chunks = split_by_width([len(t) for t in stage.tokens], CHUNK_OVERHEAD) if last_stage else []
             if len(chunks) > 1 and is_growing(cache):
-                return self._prefill_chunks(stage, chunks, cache, mask)
+                return self._prefill_chunks(stage, chunks, cache, mask, room)
             if stage.parents is not None:
                 index = torch.tensor(stage.parents, device=self.model.device)
                 cache.batch_select_indices(index)
@@ -272,7 +272,7 @@ class TransformersBackend:
                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         return logits, mask, positions[:, -1]
 
-    def _prefill_chunks(self, stage: Stage, chunks: list[list[int]], cache, mask):
+    def _prefill_chunks(self, stage: Stage, chunks: list[list[int]], cache, mask, room: int):
         """The last stage in row chunks, each from a copy of the rows' parents, merged."""
         import torch
 
@@ -302,7 +302,7 @@ class TransformersBackend:
             last_all[index] = last
             mask_all[index, :start] = sub_mask[:, :start]
             mask_all[index, start + wide - width :] = sub_mask[:, start:]
-        merged = merge_chunks(parts, n, start, config)
+        merged = merge_chunks(parts, n, start, config, room)
         return merged, logits_all, mask_all, last_all
 
     def _decode(self, seqs: list[list[int]], params: SamplingParams, eos_ids: set[int], generator) -> list[list[int]]:
@@ -321,7 +321,7 @@ class TransformersBackend:
         eos = torch.tensor(sorted(eos_ids), device=model.device)
         sample = bool(params.temperature and params.temperature > 0)
         with torch.inference_mode():
-            cache, logits, attention, last = self._prefill(seqs)
+            cache, logits, attention, last = self._prefill(seqs, room=params.max_new_tokens)
             finished = torch.zeros(n, dtype=torch.bool, device=model.device)
             for step in range(params.max_new_tokens):
                 nxt = sample_next(logits, params.temperature, params.top_p, generator) if sample \
