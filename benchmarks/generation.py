@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=128, help="prompts for the backend run")
     ap.add_argument("--naive-prompts", type=int, default=8, help="prompts for the (slow) naive loop")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=128, help="128 was fastest here (64: 173, 128: 209, 256: 181 tok/s)")
+    ap.add_argument("--batch-size", type=int, default=128, help="rows per batch (128 was fastest here in an earlier sweep: 64, 128, 256)")
     ap.add_argument("--temperature", type=float, default=0.7)
     args = ap.parse_args()
 
