@@ -200,3 +200,22 @@ def test_sampler_across_vocabulary_blocks_hits_the_right_tokens_at_the_right_rat
     assert set(drawn.unique().tolist()) <= set(picks)
     for tok, p in picks.items():
         assert abs(freq[tok].item() - p) < 0.01, (tok, freq[tok].item(), p)
+
+
+def test_growing_layer_sized_to_the_expected_length_never_reallocates():
+    import torch
+
+    from cai.backends.kv_cache import GrowingLayer
+
+    layer = GrowingLayer(expect=50)
+    k = torch.randn(2, 3, 10, 4)
+    layer.update(k, k.clone())
+    storage = layer._k.data_ptr()
+    assert layer._k.shape[-2] == 50
+    for _ in range(40):
+        step = torch.randn(2, 3, 1, 4)
+        keys, _ = layer.update(step, step.clone())
+    assert layer._k.data_ptr() == storage and keys.shape[-2] == 50
+    assert torch.equal(keys[:, :, :10], k) and torch.equal(keys[:, :, -1:], step)
+    layer.update(step, step.clone())  # past the expected length: the buffer grows
+    assert layer._k.shape[-2] >= 51 and layer.get_seq_length() == 51

@@ -12,7 +12,16 @@ from transformers.cache_utils import DynamicLayer
 
 
 class GrowingLayer(DynamicLayer):
-    """DynamicLayer semantics (keys/values are ``[batch, heads, seq, dim]``) on a doubling buffer."""
+    """DynamicLayer semantics (keys/values are ``[batch, heads, seq, dim]``) on a doubling buffer.
+
+    ``expect``: the length the caller expects to reach (prompt + new tokens). The first
+    buffer is that long, so a batch whose length is known never reallocates, and never
+    holds twice the memory it needs; past it the buffer doubles.
+    """
+
+    def __init__(self, expect: int = 0) -> None:
+        super().__init__()
+        self._expect = expect
 
     def lazy_initialization(self, key_states, value_states) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -24,7 +33,8 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         if self._k is None or self._len + n > self._k.shape[-2]:
-            capacity = max(64, 2 * (self._len + n))
+            needed = self._len + n
+            capacity = self._expect if needed <= self._expect else max(64, 2 * needed)
             k = key_states.new_empty((*key_states.shape[:2], capacity, key_states.shape[-1]))
             v = value_states.new_empty((*value_states.shape[:2], capacity, value_states.shape[-1]))
             if self._len:
@@ -56,9 +66,9 @@ def is_growing(cache) -> bool:
     return all(type(layer) is GrowingLayer for layer in cache.layers)
 
 
-def fork(cache, indices, config):
+def fork(cache, indices, config, expect: int = 0):
     """A new growing cache holding copies of rows ``indices`` of ``cache``."""
-    new = growing_cache(config)
+    new = growing_cache(config, expect)
     for src, dst in zip(cache.layers, new.layers):
         if src.is_initialized:
             dst.load(src._k[indices], src._v[indices], src._len)
@@ -78,7 +88,7 @@ def merge_chunks(parts, n_rows: int, start: int, config, room: int = 0):
 
     wide = max(width for _, _, width in parts)
     length = start + wide
-    merged = growing_cache(config)
+    merged = growing_cache(config, length + room)
     for layer, dst in enumerate(merged.layers):
         first = parts[0][0].layers[layer]._k
         shape = (n_rows, first.shape[1], length + max(room, 1), first.shape[3])
@@ -94,11 +104,14 @@ def merge_chunks(parts, n_rows: int, start: int, config, room: int = 0):
     return merged
 
 
-def growing_cache(config):
-    """A DynamicCache for ``config`` whose full-attention layers append in place."""
+def growing_cache(config, expect: int = 0):
+    """A DynamicCache for ``config`` whose full-attention layers append in place.
+
+    ``expect``: the sequence length the caller expects to reach (see GrowingLayer).
+    """
     from transformers import DynamicCache
 
     cache = DynamicCache(config=config)
     if all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [GrowingLayer() for _ in cache.layers]
+        cache.layers = [GrowingLayer(expect) for _ in cache.layers]
     return cache

@@ -246,14 +246,16 @@ class TransformersBackend:
         from cai.backends.kv_cache import growing_cache, is_growing
 
         config = self.model.config
-        cache = growing_cache(config)
         stages = plan_prefill(seqs) if self.prefix_sharing else [Stage("rows", None, seqs)]
+        # the cache's final length: every stage's padded width, then the new tokens
+        expect = sum(max(len(t) for t in stage.tokens) for stage in stages) + room
+        cache = growing_cache(config, expect)
         mask = None
         for n, stage in enumerate(stages):
             last_stage = n == len(stages) - 1
             chunks = split_by_width([len(t) for t in stage.tokens], CHUNK_OVERHEAD) if last_stage else []
             if len(chunks) > 1 and is_growing(cache):
-                return self._prefill_chunks(stage, chunks, cache, mask, room)
+                return self._prefill_chunks(stage, chunks, cache, mask, room, expect)
             if stage.parents is not None:
                 index = torch.tensor(stage.parents, device=self.model.device)
                 cache.batch_select_indices(index)
@@ -272,7 +274,7 @@ class TransformersBackend:
                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         return logits, mask, positions[:, -1]
 
-    def _prefill_chunks(self, stage: Stage, chunks: list[list[int]], cache, mask, room: int):
+    def _prefill_chunks(self, stage: Stage, chunks: list[list[int]], cache, mask, room: int, expect: int):
         """The last stage in row chunks, each from a copy of the rows' parents, merged."""
         import torch
 
@@ -284,10 +286,10 @@ class TransformersBackend:
         parts, pieces = [], []
         for rows in chunks:
             if stage.parents is None:
-                sub, sub_mask = growing_cache(config), None
+                sub, sub_mask = growing_cache(config, expect), None
             else:
                 index = torch.tensor([stage.parents[r] for r in rows], device=self.model.device)
-                sub, sub_mask = fork(cache, index, config), mask[index]
+                sub, sub_mask = fork(cache, index, config, expect), mask[index]
             logits, sub_mask, last = self._forward_stage([stage.tokens[r] for r in rows], sub, sub_mask)
             width = sub_mask.shape[1] - start
             parts.append((sub, rows, width))
