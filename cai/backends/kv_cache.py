@@ -91,7 +91,7 @@ def merge_chunks(parts, n_rows: int, start: int, config, room: int = 0):
     merged = growing_cache(config, length + room)
     for layer, dst in enumerate(merged.layers):
         first = parts[0][0].layers[layer]._k
-        shape = (n_rows, first.shape[1], length + max(room, 1), first.shape[3])
+        shape = (n_rows, first.shape[1], length + room, first.shape[3])
         k, v = first.new_zeros(shape), first.new_zeros(shape)
         for cache, rows, width in parts:
             src = cache.layers[layer]

@@ -6,6 +6,7 @@ little compute on padding; results come back in input order.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Sequence
 
@@ -241,8 +242,6 @@ class TransformersBackend:
         attention mask over the cache (with holes where stages were padded) and each
         row's last position id. ``room``: tokens the caller will append (buffer headroom).
         """
-        import torch
-
         from cai.backends.kv_cache import growing_cache, is_growing
 
         config = self.model.config
@@ -251,17 +250,26 @@ class TransformersBackend:
         expect = sum(max(len(t) for t in stage.tokens) for stage in stages) + room
         cache = growing_cache(config, expect)
         mask = None
-        for n, stage in enumerate(stages):
-            last_stage = n == len(stages) - 1
-            chunks = split_by_width([len(t) for t in stage.tokens], CHUNK_OVERHEAD) if last_stage else []
-            if len(chunks) > 1 and is_growing(cache):
-                return self._prefill_chunks(stage, chunks, cache, mask, room, expect)
-            if stage.parents is not None:
-                index = torch.tensor(stage.parents, device=self.model.device)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-            logits, mask, last = self._forward_stage(stage.tokens, cache, mask)
+        *before, final = stages
+        for stage in before:
+            cache, mask = self._expand(cache, mask, stage.parents)
+            _, mask, _ = self._forward_stage(stage.tokens, cache, mask)
+        chunks = split_by_width([len(t) for t in final.tokens], CHUNK_OVERHEAD)
+        if len(chunks) > 1 and is_growing(cache):
+            return self._prefill_chunks(final, chunks, cache, mask, room, expect)
+        cache, mask = self._expand(cache, mask, final.parents)
+        logits, mask, last = self._forward_stage(final.tokens, cache, mask)
         return cache, logits, mask, last
+
+    def _expand(self, cache, mask, parents: list[int] | None):
+        """Copy cache and mask rows so row i continues row ``parents[i]`` (None: as is)."""
+        import torch
+
+        if parents is None:
+            return cache, mask
+        index = torch.tensor(parents, device=self.model.device)
+        cache.batch_select_indices(index)
+        return cache, mask[index]
 
     def _forward_stage(self, tokens: list[list[int]], cache, mask):
         """One left-padded forward pass appending ``tokens`` to every row of ``cache``."""
@@ -374,9 +382,7 @@ class TransformersBackend:
         return ids.to(dev), mask.to(dev)
 
 
-_MALLOC_TUNED = False
-
-
+@functools.cache
 def keep_freed_memory() -> None:
     """Let glibc keep freed large blocks for reuse instead of returning them to the OS.
 
@@ -386,14 +392,12 @@ def keep_freed_memory() -> None:
     218 to 250 tok/s on the 2-core CPU (benchmarks/generation.py). Process-wide, once;
     glibc only; ``CAI_MALLOC_TUNING=0`` leaves malloc alone.
     """
-    global _MALLOC_TUNED
     import ctypes
     import os
     import sys
 
-    if _MALLOC_TUNED or not sys.platform.startswith("linux") or os.environ.get("CAI_MALLOC_TUNING") == "0":
+    if not sys.platform.startswith("linux") or os.environ.get("CAI_MALLOC_TUNING") == "0":
         return
-    _MALLOC_TUNED = True
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (musl, ...)
@@ -402,6 +406,10 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's upper bound for this setting
     libc.mallopt(m_trim_threshold, 1 << 30)
     libc.mallopt(m_top_pad, 64 << 20)
+
+
+#: vocabulary entries per block in sample_next's two-level search
+_SAMPLE_BLOCK = 256
 
 
 def sample_next(logits, temperature: float, top_p: float, generator=None):
@@ -433,9 +441,6 @@ def sample_next(logits, temperature: float, top_p: float, generator=None):
     inner = blocks[torch.arange(rows, device=probs.device), block.squeeze(1)].cumsum(-1)
     k = torch.searchsorted(inner, u[:, 1:] * inner[:, -1:], right=True).clamp_(max=width - 1)
     return (block * width + k).squeeze(1).clamp_(max=vocab - 1)
-
-
-_SAMPLE_BLOCK = 256
 
 
 def _positions(mask):
