@@ -16,7 +16,8 @@ Semantics worth knowing:
   in one batch collapse to the first one's (the transformers backend seeds per batch).
 
 Top log-probs come from a backend's ``top_logprobs(conversations, k)`` method if
-it has one, else from a transformers model/tokenizer pair (``TransformersBackend``).
+it has one, else from a transformers model and its ``encode`` (``TransformersBackend``), so
+special-token text in a request stays plain text there too.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def top_logprobs(backend: Backend, conversations: Sequence[Conversation], k: int
     own = getattr(backend, "top_logprobs", None)
     if callable(own):
         return own(conversations, k)
-    if all(hasattr(backend, a) for a in ("model", "tokenizer", "render")):
+    if all(hasattr(backend, a) for a in ("model", "tokenizer", "encode")):
         return _transformers_top_logprobs(backend, conversations, k)
     raise RequestError(f"backend {type(backend).__name__} cannot return logprobs")
 
@@ -63,7 +64,8 @@ def _transformers_top_logprobs(backend: Any, conversations: Sequence[Conversatio
 
     tok = backend.tokenizer
     limit = max(1, backend.context_window - 1)
-    encoded = [tok(backend.render(c), add_special_tokens=False)["input_ids"][-limit:] for c in conversations]
+    # backend.encode: content that spells special tokens stays plain text (no forged turns)
+    encoded = [backend.encode(c)[-limit:] for c in conversations]
     out: list[TopTokens] = []
     step = getattr(backend, "batch_size", 8)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

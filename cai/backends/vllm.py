@@ -2,7 +2,8 @@
 
 - Prompts are rendered with the model's own chat template (the same rules as the
   transformers backend: a final assistant message is continued) and handed to
-  vLLM as token ids, so both backends see identical inputs.
+  vLLM as token ids, so both backends see identical inputs. Special-token text
+  inside content stays plain text (``ChatEncoder``): vLLM gets ids, never our text.
 - Choice scoring appends each option to the rendered prompt and reads vLLM's
   ``prompt_logprobs`` for the option's tokens (summed when an option spans
   several); prefix caching makes the shared prompt nearly free. One call, no
@@ -84,6 +85,9 @@ class VLLMBackend:
         self.llm = llm
         self._context = _max_model_len(llm) or max_model_len or 2048
         self._fallback_template = not getattr(self.tokenizer, "chat_template", None)
+        from cai.backends.transformers import FALLBACK_CHAT_TEMPLATE, ChatEncoder
+
+        self.chat = ChatEncoder(self.tokenizer, FALLBACK_CHAT_TEMPLATE if self._fallback_template else None)
 
     # --- protocol ------------------------------------------------------------------
 
@@ -96,26 +100,25 @@ class VLLMBackend:
                 **{k: v for k, v in self.settings.items() if v is not None}}
 
     def render(self, conversation: Conversation) -> str:
-        from cai.backends.transformers import FALLBACK_CHAT_TEMPLATE
+        """The exact text the model sees (its ids: ``encode``)."""
+        return self.chat.render(conversation).text
 
-        continues = bool(conversation) and conversation[-1]["role"] == "assistant"
-        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": not continues,
-                                  "continue_final_message": continues}
-        if self._fallback_template:
-            kwargs["chat_template"] = FALLBACK_CHAT_TEMPLATE
-        return self.tokenizer.apply_chat_template(conversation, **kwargs)
+    def encode(self, conversation: Conversation) -> list[int]:
+        """The prompt ids handed to vLLM: control tokens only where the chat template put them."""
+        return self.chat.encode(conversation)
 
     def _encode(self, text: str) -> list[int]:
+        # Plain text of our own (option strings), tokenized as a whole.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def count_tokens(self, conversation: Conversation) -> int:
-        return len(self._encode(self.render(conversation)))
+        return len(self.encode(conversation))
 
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
         if not conversations:
             return []
         budget = max(1, self.context_window - params.max_new_tokens)
-        encoded = [self._encode(self.render(c)) for c in conversations]
+        encoded = [self.encode(c) for c in conversations]
         greedy = not params.temperature or params.temperature <= 0
         per_prompt = [
             self._vllm.SamplingParams(
@@ -163,11 +166,11 @@ class VLLMBackend:
         spans: list[int] = []  # how many trailing tokens of each sequence belong to the option
         truncated: list[bool] = []
         for conv in conversations:
-            text = self.render(conv)
-            prompt = self._encode(text)
+            rendered = self.chat.render(conv)
+            prompt = self.chat.encode(rendered)
             cut_any = False
             for opt in options:
-                full = self._encode(text + opt)
+                full = self.chat.encode(rendered, opt)  # the option is scored as content too
                 common = min(common_prefix_len(prompt, full), len(full) - 1)  # an option is at least one token
                 cut_any |= len(full) > budget
                 seqs.append(full[-budget:])
