@@ -26,7 +26,7 @@ constitution: {constitution}
 models: {{policy: {model}, batch_size: 8}}
 prompts: {{red_team: {red}, helpful: {helpful}, held_out: 2, per_round: 6}}
 stages:
-  revise: {{response: {{max_new_tokens: 8}}, critique: {{max_new_tokens: 8}}, revision: {{max_new_tokens: 8}}}}
+  revisions: {{response: {{max_new_tokens: 8}}, critique: {{max_new_tokens: 8}}, revision: {{max_new_tokens: 8}}}}
   helpful: {{max_new_tokens: 8}}
   sft: {{config: {{max_steps: 1, max_length: 256}}}}
   preferences: {{max_new_tokens: 8}}
@@ -149,3 +149,36 @@ def test_config_typo_fails_before_any_model_loads(tmp_path):
                        **{"sft: {config: {max_steps": "sft: {config: {max_stepz"})
     r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run")])
     assert r.exit_code == 2 and "unknown SFTConfig field 'max_stepz'; did you mean max_steps?" in r.output
+
+
+def test_keep_samples_false_two_rounds_and_a_short_pipeline(tmp_path, tiny_model_dir):
+    """keep_samples: false over two rounds once raised KeyError; a pipeline without RL ends at SFT."""
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir,
+                       **{"eval: {max_new_tokens: 8}": "eval: {max_new_tokens: 8, keep_samples: false}",
+                          "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\nstages:\n"})
+    assert "keep_samples: false" in cfg.read_text()
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out), "--no-report"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["final_policy"] == str(out / "round-2" / "sft")
+    metrics = json.loads((out / "round-2/eval/metrics.json").read_text())
+    assert set(metrics["win_rates"]) == {"vs round-0", "vs round-1"} and metrics["samples"] == []
+    assert "samples" not in json.loads((out / "round-2/eval/eval.json").read_text())["models"]["round-2"]
+    # round 2's revisions start from round 1's SFT model: the policy stage of this pipeline
+    card = json.loads((out / "round-2/revisions/cai_dataset.json").read_text())
+    assert card["fingerprint"]["policy"] == str(out / "round-1" / "sft")
+
+
+def test_forcing_revisions_reruns_what_reads_them_only(two_rounds, tmp_path, tiny_model_dir):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_rounds[0], run_dir)
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1)
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(run_dir), "--resume", "--no-report",
+                                 "--force", "revisions"])
+    assert r.exit_code == 0, r.output
+    assert "[round-1/helpful] done, skipping" in r.output
+    for stage in ("revisions", "sft-data", "sft", "preferences", "reward", "rl", "eval"):
+        assert f"[round-1/{stage}] running" in r.output or f"[round-1/{stage}] restarting" in r.output, stage

@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cai.answers import AnswerExtractor, Extraction, normalize_answer
 from cai.backends.base import Backend, SamplingParams
-from cai.data import FAILURES_FILE, DatasetWriter, PromptRecord, iter_jsonl_objects, read_jsonl, read_rows, stable_hash
+from cai.data import FAILURES_FILE, PromptRecord, iter_jsonl_objects, read_jsonl, read_rows, stable_hash
 from cai.errors import DataError, UserInputError
-from cai.stages.runner import ChunkResult, run_stage
+from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
 from cai.templates import Conversation, PromptTemplates
 
 Format = Literal["few_shot_cot", "zero_shot_cot", "direct"]
@@ -554,20 +554,26 @@ def run_cot(
         records = as_question_records(list(records_or_path)[:limit] if limit else list(records_or_path))
     from cai.backends.base import provenance as backend_provenance
 
-    writer = DatasetWriter(out_dir, kind="sft", fingerprint=fingerprint(backend, templates, config),
-                           provenance={"questions": source, "backend": backend_provenance(backend)},
-                           overwrite=overwrite)
-    # A question is done once it has a data row (rows carry source_id) or a `dropped` record
-    # (id = question id, which run_stage's writer.is_done sees). Extraction-failure records alone
-    # do not count: a kill between writing failures and rows re-runs the question.
-    with_rows = {r["source_id"] for r in read_rows(writer.dir) if "source_id" in r}
-    todo = [r for r in records if r.id not in with_rows]
-    stats = run_stage(todo, writer, lambda chunk: generate_cot(chunk, backend, templates=templates, config=config),
-                      chunk_size=chunk_size, desc="cot", progress=progress)
-    stats.done_before += len(records) - len(todo)
-    summary = {**summarize(writer.dir), "run": stats.to_dict()}
-    result = writer.finalize(summary, title="cai self-generated chain-of-thought (sft)")
-    return {"out": str(writer.dir), **result}
+    with_rows: dict[int, set[str]] = {}
+
+    def done(w: Any, r: Any) -> bool:
+        if id(w) not in with_rows:
+            with_rows[id(w)] = {x["source_id"] for x in read_rows(w.dir) if "source_id" in x}
+        return r.id in with_rows[id(w)] or w.is_done(r.id)
+
+    job = DatasetJob(
+        kind="sft", fingerprint=fingerprint(backend, templates, config),
+        provenance={"questions": source, "backend": backend_provenance(backend)},
+        process=lambda chunk: generate_cot(chunk, backend, templates=templates, config=config),
+        # A question is done once it has a data row (rows carry source_id) or a `dropped` record
+        # (id = question id). Extraction-failure records alone do not count: a kill between
+        # writing failures and rows re-runs the question.
+        done=done,
+        summarize=lambda w: summarize(w.dir), desc="cot",
+        title="cai self-generated chain-of-thought (sft)",
+    )
+    result = run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
+    return {"out": str(out_dir), **result}
 
 
 __all__ = ["CotConfig", "load_cot_config", "load_questions", "generate_cot", "run_cot", "majority_vote", "summarize"]

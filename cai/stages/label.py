@@ -27,11 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai.backends.base import Backend, SamplingParams, provenance
 from cai.constitution import Constitution
-from cai.data import DatasetWriter, PromptRecord, read_jsonl, read_rows, stable_hash
+from cai.data import PromptRecord, read_jsonl, read_rows, stable_hash
 from cai.judge import ConstitutionJudge, Judgement
 from cai.stages.responses import TEMPLATE as POLICY_TEMPLATE
 from cai.stages.responses import policy_conversation, record_messages
-from cai.stages.runner import ChunkResult, run_stage
+from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
 from cai.templates import PromptTemplates
 
 KIND = "preference"
@@ -270,26 +270,20 @@ def run_preferences(
     templates = templates or PromptTemplates(constitution=constitution)
     judge = make_judge(constitution, feedback_backend, config, templates)
     judge.check_options()
-    writer = DatasetWriter(
-        out_dir, kind=KIND, fingerprint=fingerprint(judge, policy_backend, templates, config),
+    pairs = config.pairs()
+    job = DatasetJob(
+        kind=KIND, fingerprint=fingerprint(judge, policy_backend, templates, config),
         provenance={"policy_backend": provenance(policy_backend),
                     "feedback_backend": provenance(feedback_backend), **(extra_provenance or {})},
-        overwrite=overwrite,
+        process=lambda chunk: label_preferences(chunk, constitution, policy_backend, feedback_backend,
+                                                templates=templates, config=config, judge=judge),
+        # A record is done when every one of its pairs is written (as a row or a failure).
+        done=lambda w, r: all(w.is_done(pair_id(r.id, i, j)) for i, j in pairs),
+        summarize=lambda w: {"labeller": labeller_statistics(read_rows(w.dir), list(read_jsonl(w.fail_path))),
+                             "feedback_model": feedback_backend.model_id},
+        desc="preferences", title="cai AI preference labels (RL-CAI)",
     )
-    # A record is done when every one of its pairs is written (as a row or a failure).
-    pairs = config.pairs()
-    todo = [r for r in records if not all(writer.is_done(pair_id(r.id, i, j)) for i, j in pairs)]
-    stats = run_stage(
-        todo, writer,
-        lambda chunk: label_preferences(chunk, constitution, policy_backend, feedback_backend,
-                                        templates=templates, config=config, judge=judge),
-        chunk_size=chunk_size, desc="preferences", progress=progress,
-    )
-    stats.done_before = len(records) - len(todo)
-    summary = stats.to_dict()
-    summary["labeller"] = labeller_statistics(read_rows(writer.dir), list(read_jsonl(writer.fail_path)))
-    summary["feedback_model"] = feedback_backend.model_id
-    return writer.finalize(summary, title="cai AI preference labels (RL-CAI)")
+    return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
 
 
 __all__ = ["LabelConfig", "label_preferences", "run_preferences", "labeller_statistics", "make_judge", "pair_id"]

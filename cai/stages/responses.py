@@ -97,21 +97,17 @@ def run_responses(
 ) -> dict[str, Any]:
     """Sample one response per record into a resumable dataset directory (kind "responses")."""
     from cai.backends.base import provenance
-    from cai.data import DatasetWriter
-    from cai.stages.runner import run_stage
+    from cai.stages.runner import DatasetJob, run_dataset
 
     templates = templates or PromptTemplates(constitution=constitution)
     templates.validate({TEMPLATE: PROVIDES})
-    writer = DatasetWriter(
-        out_dir, kind="responses", fingerprint=fingerprint(backend, templates, params, constitution),
-        provenance={"policy_backend": provenance(backend), **(extra_provenance or {})}, overwrite=overwrite,
+    job = DatasetJob(
+        kind="responses", fingerprint=fingerprint(backend, templates, params, constitution),
+        provenance={"policy_backend": provenance(backend), **(extra_provenance or {})},
+        process=lambda chunk: generate_responses(chunk, backend, templates, params=params, constitution=constitution),
+        desc="responses", title="cai responses",
     )
-    stats = run_stage(
-        records, writer,
-        lambda chunk: generate_responses(chunk, backend, templates, params=params, constitution=constitution),
-        chunk_size=chunk_size, desc="responses", progress=progress,
-    )
-    return writer.finalize(stats.to_dict(), title="cai responses")
+    return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
 
 
 __all__ = ["generate_responses", "policy_conversation", "fingerprint", "run_responses"]

@@ -28,7 +28,7 @@ from cai.constitution import Constitution, Principle
 from cai.data import DatasetWriter, PromptRecord, read_jsonl, stable_hash
 from cai.errors import UserInputError
 from cai.stages.responses import policy_conversation, record_messages
-from cai.stages.runner import ChunkResult, run_stage
+from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
 from cai.templates import TEMPLATE_VARIABLES, Conversation, PromptTemplates
 
 RESPONSE_TEMPLATE = "initial_response"
@@ -445,19 +445,13 @@ def run_revisions(
     fp = fingerprint(backend, templates, constitution, config)
     prov = {"policy_backend": provenance(backend), "templates": templates.provenance(TEMPLATES),
             **(extra_provenance or {})}
-    writer = DatasetWriter(out_dir, kind="sft", fingerprint=fp, provenance=prov, overwrite=overwrite)
-    stats = run_stage(
-        records, writer,
-        lambda chunk: revise(chunk, constitution, backend, templates=templates, config=config),
-        chunk_size=chunk_size, desc="revisions", progress=progress,
+    job = DatasetJob(
+        kind="sft", fingerprint=fp, provenance=prov, desc="revisions",
+        title="cai revisions (SL-CAI critique and revise)",
+        process=lambda chunk: revise(chunk, constitution, backend, templates=templates, config=config),
+        summarize=lambda w: {"preference_pairs": write_preference_view(w.dir, fp, prov)},
     )
-    pairs = write_preference_view(out_dir, fp, prov)
-    summary = stats.to_dict()
-    failed_by_reason: dict[str, int] = {}
-    for row in read_jsonl(Path(out_dir) / "failures.jsonl"):
-        failed_by_reason[row.get("reason", "unknown")] = failed_by_reason.get(row.get("reason", "unknown"), 0) + 1
-    summary.update({"prompts": len(records), "preference_pairs": pairs, "failed_by_reason": failed_by_reason})
-    return writer.finalize(summary, title="cai revisions (SL-CAI critique and revise)")
+    return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
 
 
 __all__ = [

@@ -96,3 +96,56 @@ def run_stage(
             bar.update(len(chunk))
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+@dataclass
+class DatasetJob:
+    """A row-by-row stage as a declared job: what it writes, how a chunk is processed, when a record is done.
+
+    `run_dataset` does the rest for every such stage: the writer (fingerprint
+    check, resume, torn-line repair), skipping finished records, chunked
+    processing, failure tallies by reason, the summary and the dataset card.
+    """
+
+    kind: str
+    fingerprint: dict[str, Any]
+    process: Callable[[list[PromptRecord]], ChunkResult]
+    title: str
+    desc: str = "stage"
+    provenance: dict[str, Any] | None = None
+    #: Whether a record is finished (default: a row or failure is stored under its id).
+    done: Callable[[DatasetWriter, PromptRecord], bool] | None = None
+    #: Extra summary fields, computed from the finished directory.
+    summarize: Callable[[DatasetWriter], dict[str, Any]] | None = None
+
+
+def failures_by_reason(writer: DatasetWriter) -> dict[str, int]:
+    from cai.data import read_jsonl
+
+    out: dict[str, int] = {}
+    for row in read_jsonl(writer.fail_path):
+        reason = row.get("reason", "unknown")
+        out[reason] = out.get(reason, 0) + 1
+    return out
+
+
+def run_dataset(
+    records: Sequence[PromptRecord],
+    out_dir: Any,
+    job: DatasetJob,
+    *,
+    overwrite: bool = False,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``job`` over ``records`` into a resumable dataset directory; returns counts and summary."""
+    writer = DatasetWriter(out_dir, kind=job.kind, fingerprint=job.fingerprint, provenance=job.provenance,
+                           overwrite=overwrite)
+    done = job.done or (lambda w, r: w.is_done(r.id))
+    todo = [r for r in records if not done(writer, r)]
+    stats = run_stage(todo, writer, job.process, chunk_size=chunk_size, desc=job.desc, progress=progress)
+    stats.done_before = len(records) - len(todo)
+    summary = {**stats.to_dict(), "prompts": len(records), "failed_by_reason": failures_by_reason(writer)}
+    if job.summarize is not None:
+        summary.update(job.summarize(writer))
+    return writer.finalize(summary, title=job.title)

@@ -1,0 +1,176 @@
+"""`cai run`: execute (or resume) every round's declared pipeline, stage by stage.
+
+A stage's *key* hashes its own config section, the run-level settings it declares
+(``uses``) and the keys of its declared inputs (plus, when it reads the round's
+policy, the previous round's policy stage). So changing the revise settings reruns
+what reads revisions, not ``helpful``. A finished stage whose config changed is
+refused unless forced; a forced or rerun stage reruns everything that reads it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from cai.data import stable_hash
+from cai.errors import UserInputError
+from cai.rounds.config import RunConfigBase, load_run_config, lookup
+from cai.rounds.context import RunResources, StageContext
+from cai.rounds.manifest import MANIFEST, RunManifest
+from cai.rounds.spec import RoundStage, get_stage
+
+
+class Run:
+    """One run directory; `execute` runs (or resumes) every round's stages in order."""
+
+    def __init__(
+        self,
+        cfg: RunConfigBase,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        force: tuple[str, ...] = (),
+        progress: bool = True,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.echo = echo
+        self.force = set(force)
+        for f in self.force:
+            if f.split("/")[-1] not in cfg.pipeline:
+                raise UserInputError(f"--force {f}: no such stage; use one of: {', '.join(cfg.pipeline)}")
+        if (self.dir / MANIFEST).exists() and not resume:
+            raise UserInputError(f"{self.dir}: a run is already here; add --resume to continue it, or use a new --out")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manifest = RunManifest(self.dir)
+        self.res = RunResources(cfg, self.dir, progress=progress)
+
+    # --- the pipeline's shape -------------------------------------------------------------
+
+    @property
+    def policy_stage(self) -> str | None:
+        """The last stage of the pipeline whose output is a model: the next round's policy."""
+        made = [s for s in self.cfg.pipeline if get_stage(s).produces_policy]
+        return made[-1] if made else None
+
+    def policy_spec(self, k: int) -> str:
+        """policy_k: the configured model for round 1, else round k-1's policy stage output."""
+        if k <= 1 or self.policy_stage is None:
+            return self.cfg.models.policy
+        return str(self.dir / f"round-{k - 1}" / self.policy_stage)
+
+    def final_policy(self) -> str:
+        return self.policy_spec(self.cfg.rounds + 1)
+
+    def new_policy_stage(self, stage: str) -> str | None:
+        """The last model-producing stage before ``stage`` in the pipeline (this round's new policy)."""
+        before = self.cfg.pipeline[: self.cfg.pipeline.index(stage)]
+        made = [s for s in before if get_stage(s).produces_policy]
+        return made[-1] if made else None
+
+    def _upstream(self, k: int, stage: RoundStage) -> list[str]:
+        optional = [s for s in stage.optional_inputs if s in self.cfg.pipeline]
+        names = [f"round-{k}/{s}" for s in (*stage.inputs, *optional)]
+        if stage.reads_new_policy:
+            names.append(f"round-{k}/{self.new_policy_stage(stage.name)}")
+        if stage.reads_policy and k > 1 and self.policy_stage:
+            names.insert(0, f"round-{k - 1}/{self.policy_stage}")
+        return names
+
+    def _key(self, k: int, stage: RoundStage) -> tuple[str, str]:
+        own = {"section": self.cfg.section(stage.name).model_dump(mode="json"),
+               "uses": {u: lookup(self.cfg, u) for u in stage.uses}}
+        config_hash = stable_hash(own, length=64)
+        upstream = [self.manifest.stage(n).get("key", "") for n in self._upstream(k, stage)]
+        return config_hash, stable_hash(config_hash, upstream, length=64)
+
+    def _forced(self, k: int, stage: str) -> bool:
+        return stage in self.force or f"round-{k}/{stage}" in self.force
+
+    def check_finished_stages(self) -> None:
+        """Refuse a resume whose config changed for a finished stage (unless forced)."""
+        for k in range(1, self.cfg.rounds + 1):
+            for name in self.cfg.pipeline:
+                full = f"round-{k}/{name}"
+                rec = self.manifest.stage(full)
+                if rec.get("status") != "complete" or self._forced(k, name):
+                    continue
+                if rec.get("config_hash") != self._key(k, get_stage(name))[0]:
+                    raise UserInputError(
+                        f"{self.dir}: stage {full} finished with another config; rerun with --force {name} "
+                        f"to redo it (and everything after it), or use a new --out")
+
+    # --- execution ------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        self.check_finished_stages()
+        self.res.prompt_split()  # bad prompt files fail here, before any model loads
+        # Only now, once the config is accepted, does it become the run's record.
+        self.manifest.data.update(name=self.cfg.name, rounds=self.cfg.rounds, pipeline=list(self.cfg.pipeline))
+        self.manifest.save()
+        (self.dir / "config.yaml").write_text(
+            yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        rerun: set[str] = set()  # stages (round-k/name) run in this call: what reads them must run too
+        for k in range(1, self.cfg.rounds + 1):
+            for name in self.cfg.pipeline:
+                self._run_one(k, get_stage(name), rerun)
+        self.res.release_backends()
+        self.manifest.data["final_policy"] = self.final_policy()
+        self.manifest.save()
+        return self.manifest.data
+
+    def _run_one(self, k: int, stage: RoundStage, rerun: set[str]) -> None:
+        full = f"round-{k}/{stage.name}"
+        config_hash, key = self._key(k, stage)
+        rec = self.manifest.stage(full)
+        forced = self._forced(k, stage.name)
+        stale = any(u in rerun for u in self._upstream(k, stage))
+        if rec.get("status") == "complete" and rec.get("key") == key and not (stale or forced):
+            self.echo(f"[{full}] done, skipping")
+            return
+        # An interrupted stage with the same inputs picks up its rows; anything else starts clean.
+        resumable = (rec.get("status") == "running" and rec.get("key") == key and not forced and not stale
+                     and not stage.restart)
+        rerun.add(full)
+        out = self.dir / f"round-{k}" / stage.name
+        if (stage.restart or not resumable) and out.exists():
+            shutil.rmtree(out)
+        verb = "resuming" if resumable else ("restarting" if rec.get("status") == "running" else "running")
+        self.echo(f"[{full}] {verb}")
+        started = time.time()
+        self.manifest.update(full, status="running", key=key, config_hash=config_hash, started=started,
+                             output=str(out.relative_to(self.dir)))
+        if stage.restart or stage.produces_policy:
+            self.res.release_backends()  # training needs the memory back
+        ctx = StageContext(res=self.res, stage=stage.name, k=k, out=out, fresh=not resumable,
+                           policy=self.policy_spec(k), new_policy_stage=self.new_policy_stage(stage.name))
+        summary = stage.run(ctx)
+        self.manifest.update(full, status="complete", finished=time.time(),
+                             seconds=round(time.time() - started, 1), summary=summary)
+        self.echo(f"[{full}] finished in {time.time() - started:.0f}s")
+
+
+def run_rounds(
+    config: str | Path | RunConfigBase,
+    run_dir: str | Path | None = None,
+    *,
+    rounds: int | None = None,
+    resume: bool = False,
+    force: tuple[str, ...] = (),
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) self-improvement rounds; returns the manifest."""
+    cfg = config if isinstance(config, RunConfigBase) else load_run_config(config)
+    if rounds is not None:
+        cfg = cfg.model_copy(update={"rounds": rounds})
+    run = Run(cfg, run_dir or Path("runs") / cfg.name, resume=resume, force=force, progress=progress, echo=echo)
+    return run.execute()
+
+
+__all__ = ["Run", "run_rounds"]

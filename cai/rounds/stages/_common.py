@@ -1,0 +1,37 @@
+"""Pieces shared by the built-in stages: training sections and summary trimming."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(default_factory=dict, description="TRL config fields for this trainer.")
+    lora: bool = False
+
+
+def check_trainer(trainer: str | Callable[[Any], str], key: str) -> Callable[[Any, str], None]:
+    """A stage check: the section's TRL fields exist and their values build the trainer's config."""
+
+    def check(cfg: Any, source: str) -> None:
+        from cai.training import check_config_fields
+
+        section = getattr(cfg.stages, key)
+        name = trainer(section) if callable(trainer) else trainer
+        check_config_fields(name, section.config, f"{source}: stages.{key}.config")
+
+    return check
+
+
+def counts(result: dict[str, Any]) -> dict[str, Any]:
+    return {"counts": result.get("counts", {}), **{k: v for k, v in result.get("summary", {}).items()
+                                                   if k in ("new_rows", "new_failed", "completion_tokens_per_s")}}
+
+
+def train_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    keep = ("steps", "seconds", "final_loss", "eval", "final_metrics")
+    return {k: summary[k] for k in keep if k in summary}

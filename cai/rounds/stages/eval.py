@@ -1,0 +1,106 @@
+"""``eval``: the round's new policy against round 0 (and, from round 2, round k-1) on held-out prompts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cai.evaluation.runner import EvalConfig
+from cai.rounds.context import StageContext
+from cai.rounds.spec import DEFAULT_USES, RoundStage, register_stage
+
+
+@dataclass
+class ModelFigures:
+    """One model's figures in a round's evaluation (None where not measured)."""
+
+    red_team_refusal_rate: float | None = None
+    judge_harmful_rate: float | None = None
+    benign_refusal_rate: float | None = None
+
+    @classmethod
+    def from_eval(cls, m: dict[str, Any]) -> "ModelFigures":
+        harm = m.get("harmlessness") or {}
+        return cls(red_team_refusal_rate=(harm.get("refusal_rate") or {}).get("rate"),
+                   judge_harmful_rate=(harm.get("judge") or {}).get("harmful_rate"),
+                   benign_refusal_rate=(m.get("over_refusal") or {}).get("rate"))
+
+
+@dataclass
+class RoundMetrics:
+    """What the round, `cai status --json` and the report read: written as ``eval/metrics.json``."""
+
+    win_rates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refusal: dict[str, ModelFigures] = field(default_factory=dict)
+    reward: dict[str, float | None] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    labeller: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RoundMetrics":
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(win_rates=d.get("win_rates", {}), reward=d.get("reward", {}), samples=d.get("samples", []),
+                   labeller=d.get("labeller", {}),
+                   refusal={k: ModelFigures(**v) for k, v in d.get("refusal", {}).items()})
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from cai.evaluation import evaluate_models
+    from cai.evaluation.metrics import win_rate
+
+    res, k, e = ctx.res, ctx.k, ctx.section
+    _, _, eval_red, eval_benign = res.prompt_split()
+    cand = f"round-{k}"
+    models = {"round-0": ctx.cfg.models.policy}
+    if k > 1:
+        models[f"round-{k - 1}"] = ctx.policy
+    models[cand] = str(res.dir / f"round-{k}" / ctx.new_policy_stage)
+    reward_dir = ctx.input_dir("reward")
+    # Responses are needed below (samples, the vs-previous-round judgement) whatever keep_samples says.
+    full = evaluate_models(
+        models, eval_red, eval_benign, res.constitution, res.backend(ctx.feedback_spec), baseline="round-0",
+        reward_model=str(reward_dir) if ctx.has_input("reward") else None, templates=res.templates(),
+        config=e.model_copy(update={"keep_samples": True}), backend_factory=res.backend,
+    )
+    per = full["models"]
+    responses = {name: {s["prompt"]: s["response"] for s in per[name].get("samples", [])} for name in per}
+    if not e.keep_samples:
+        for m in per.values():
+            m.pop("samples", None)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    (ctx.out / "eval.json").write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
+    metrics = RoundMetrics(win_rates={"vs round-0": per[cand]["win_rate"]})
+    if k > 1:  # the same responses, judged against the previous round's (one batched compare)
+        from cai.judge import ConstitutionJudge
+
+        judge = ConstitutionJudge(res.constitution, res.backend(ctx.feedback_spec), templates=res.templates(),
+                                  principles=e.principles, both_orders=e.both_orders, seed=e.seed)
+        prev = f"round-{k - 1}"
+        records = list({r.id: r for r in eval_red + eval_benign}.values())
+        verdicts = judge.compare([r.messages for r in records], [responses[cand][r.text] for r in records],
+                                 [responses[prev][r.text] for r in records])
+        metrics.win_rates[f"vs {prev}"] = win_rate(verdicts).to_dict()
+    metrics.refusal = {name: ModelFigures.from_eval(m) for name, m in per.items()}
+    metrics.reward = {name: ((m.get("reward") or {}).get("all") or {}).get("mean") for name, m in per.items()}
+    if e.keep_samples:
+        metrics.samples = [{"prompt": p, **{name: responses[name].get(p) for name in models}}
+                           for p in list(responses[cand])[:6]]
+    prefs = ctx.input_dir("preferences") / "cai_dataset.json"
+    if ctx.has_input("preferences") and prefs.exists():
+        metrics.labeller = json.loads(prefs.read_text()).get("summary", {}).get("labeller", {})
+    out = metrics.to_dict()
+    (ctx.out / "metrics.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+    return {key: out[key] for key in ("win_rates", "refusal", "reward")}
+
+
+STAGE = register_stage(RoundStage(
+    name="eval", run=run, config=EvalConfig, reads_policy=True, reads_new_policy=True, restart=True,
+    optional_inputs=("reward", "preferences"),
+    uses=DEFAULT_USES + ("models.feedback", "constitution"), templates=("initial_response", "preference"),
+    description="Evaluate the round's policy on held-out prompts: refusal, over-refusal, win rates.",
+))
