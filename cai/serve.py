@@ -25,7 +25,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -216,7 +215,9 @@ class ChatServer:
     ) -> None:
         self.backend = backend
         self.model_name = model_name or backend.model_id
-        self._key = os.environ.get(api_key_env) if api_key_env else None
+        from cai.backends.openai import read_api_key
+
+        self._key = read_api_key(api_key_env)  # stripped, like the clients' copy of it
         if api_key_env and not self._key:
             raise UserInputError(f"${api_key_env} is empty; set it to the key clients must send")
         self.batcher = _Batcher(backend, max_batch, batch_wait_s)

@@ -12,9 +12,10 @@ Stdlib only (urllib + a thread pool): no client SDK to keep in step with.
 - Retries: 429, 5xx, timeouts and dropped connections are retried with
   exponential backoff, honouring ``Retry-After``; other 4xx fail at once.
   ``timeout`` bounds each socket operation (connect, each read), as in urllib.
-- The API key is read from an environment variable, sent only in the
-  ``Authorization`` header, and redacted from every error; it is never logged
-  nor put in provenance.
+- The API key is read from an environment variable (surrounding whitespace
+  stripped; a key with a line break or control character inside is refused
+  without being shown), sent only in the ``Authorization`` header, and redacted
+  from every error (keys of 8+ characters); it is never logged nor put in provenance.
 
 A conversation ending with an assistant message is sent as is. Servers differ:
 OpenAI starts a new assistant turn after it; vLLM and `cai serve` continue it
@@ -78,6 +79,46 @@ def _parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+#: Shorter keys are not secrets worth hiding, and replacing them would mangle messages
+#: (the key "x" turned "maximum context length" into "ma***imum conte***t length").
+MIN_REDACTED_KEY = 8
+
+
+def read_api_key(env: str | None) -> str | None:
+    """The key in ``$env`` with surrounding whitespace (a pasted newline, a CRLF file) removed.
+
+    A key an HTTP header cannot carry (a line break, control or non-ASCII character
+    inside) is refused with a one-line error that never shows the key.
+    """
+    if not env:
+        return None
+    key = (os.environ.get(env) or "").strip()
+    if not key:
+        return None
+    bad = next((ch for ch in key if not 0x20 < ord(ch) < 0x7F), None)
+    if bad is not None:
+        if bad in "\r\n":
+            what = "a line break"
+        elif bad.isspace():
+            what = "a space"
+        elif ord(bad) < 0x80:
+            what = "a control character"
+        else:
+            what = "a non-ASCII character"
+        raise UserInputError(
+            f"${env} holds {what} inside the key, which an HTTP header cannot carry; "
+            f"set ${env} to the key alone"
+        )
+    return key
+
+
+def redact(text: str, key: str | None) -> str:
+    """``text`` with every copy of ``key`` replaced by ``***`` (keys of 8+ characters only)."""
+    if key and len(key) >= MIN_REDACTED_KEY:
+        text = text.replace(key, "***")
+    return text
+
+
 def _public_url(url: str) -> str:
     """The URL without any user:password part, for provenance and errors."""
     parts = urllib.parse.urlsplit(url)
@@ -115,7 +156,7 @@ class OpenAIBackend:
             raise UserInputError(f"base URL '{_public_url(self.base_url)}' must start with http:// or https://")
         self.api_key_env = api_key_env
         # Kept private and out of describe()/repr: the key goes only into the Authorization header.
-        self.__key = os.environ.get(api_key_env) or None
+        self.__key = read_api_key(api_key_env)
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
@@ -253,9 +294,7 @@ class OpenAIBackend:
             raise _Retryable("server answered with invalid JSON") from None
 
     def _redact(self, text: str) -> str:
-        if self.__key:
-            text = text.replace(self.__key, "***")
-        return text[:300]
+        return redact(text, self.__key)[:300]
 
     # --- responses -----------------------------------------------------------------
 
