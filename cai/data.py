@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from cai.errors import DataError
 
+log = logging.getLogger(__name__)
 Conversation = list[dict[str, str]]
 
 DATA_FILE = "data.jsonl"
@@ -236,12 +238,24 @@ class DatasetWriter:
         self.data_path = self.dir / DATA_FILE
         self.fail_path = self.dir / FAILURES_FILE
         meta_path = self.dir / META_FILE
-        if overwrite and self.dir.exists():
-            for name in (DATA_FILE, FAILURES_FILE, META_FILE, CARD_FILE):
-                (self.dir / name).unlink(missing_ok=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            _check_ours(self.dir)
+            if overwrite:
+                remove_cai_files(self.dir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._open(meta_path, kind, fingerprint)
+        except OSError as e:
+            raise DataError(
+                f"{self.dir}: cannot write a dataset there ({e.strerror or type(e).__name__}); "
+                "choose a writable --out directory"
+            ) from None
+
+    def _open(self, meta_path: Path, kind: str, fingerprint: dict[str, Any]) -> None:
         if meta_path.exists():
-            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            try:
+                old = json.loads(meta_path.read_text(encoding="utf-8"))
+            except ValueError:
+                raise DataError(f"{meta_path}: corrupt (not JSON); rerun with --overwrite to start again") from None
             if old.get("fingerprint_hash") != self.fingerprint_hash or old.get("kind") != kind:
                 changed = sorted(
                     k for k in set(old.get("fingerprint", {})) | set(fingerprint)
@@ -306,8 +320,64 @@ class DatasetWriter:
         counts = self.counts()
         summary = dict(summary or {})
         self._write_meta(status="complete", counts=counts, summary=summary)
-        write_card(self.dir, kind=self.kind, provenance=self.provenance, counts=counts, summary=summary, title=title)
+        if is_cai_card(self.dir / CARD_FILE):
+            write_card(self.dir, kind=self.kind, provenance=self.provenance, counts=counts, summary=summary,
+                       title=title)
+        else:  # a README.md the user put there since: theirs, left alone
+            log.warning("%s: not a cai dataset card; left as is (cai_dataset.json holds the provenance)",
+                        self.dir / CARD_FILE)
         return {"counts": counts, "summary": summary}
+
+
+def _check_ours(directory: Path) -> None:
+    """Refuse a non-empty directory that cai did not make (no cai_dataset.json): its files are the user's."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise DataError(f"{directory}: is a file, not a directory; choose a directory for --out")
+    if (directory / META_FILE).is_file():
+        return
+    theirs = sorted(e.name for e in directory.iterdir()
+                    if not e.name.startswith(".") and e.name != META_FILE + ".tmp")
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise DataError(
+            f"{directory}: not empty and not a cai dataset directory (it holds {shown}); "
+            "cai writes only into a new or empty --out directory, so choose another one"
+        )
+
+
+def remove_cai_files(directory: Path) -> None:
+    """What ``--overwrite`` discards: only the files cai wrote, and cai dataset subdirectories.
+
+    Anything else (the user's notes, a README.md that is not a cai card) stays.
+    """
+    if not (directory / META_FILE).is_file():
+        return
+    for sub in directory.iterdir():
+        if sub.is_dir() and not sub.is_symlink() and (sub / META_FILE).is_file():
+            remove_cai_files(sub)  # e.g. the preference view of a revisions dataset
+            if not any(sub.iterdir()):
+                sub.rmdir()
+    if is_cai_card(directory / CARD_FILE) and (directory / CARD_FILE).exists():
+        (directory / CARD_FILE).unlink()
+    for name in (DATA_FILE, FAILURES_FILE, META_FILE + ".tmp", META_FILE):  # the marker last
+        (directory / name).unlink(missing_ok=True)
+
+
+#: The dataset card's first line after its front matter: how cai knows a README.md is its own.
+CARD_MARKER = "<!-- cai dataset card: cai rewrites this file; put your own notes elsewhere -->"
+
+
+def is_cai_card(path: Path) -> bool:
+    """True when ``path`` is absent or a card cai wrote (safe for cai to replace or remove)."""
+    if not path.exists():
+        return True
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+    return CARD_MARKER in head or "\nMade by `cai` " in head  # cards written before the marker
 
 
 def write_card(
@@ -332,6 +402,7 @@ def write_card(
         extra_configs.rstrip("\n"),
         "tags: [cai, constitutional-ai, rlaif, synthetic]",
         "---",
+        CARD_MARKER,
         "",
         f"# {title or f'cai {kind} dataset'}",
         "",
