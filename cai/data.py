@@ -91,20 +91,49 @@ def _record_from_obj(obj: Any, where: str) -> PromptRecord:
     return PromptRecord(messages=messages, id=rid, extra=extra)
 
 
+def user_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line ending) for each line of a user's text file.
+
+    UTF-8, with or without a byte-order mark. A file in another encoding, or a binary
+    one, stops with a one-line DataError naming the file and line, not a traceback.
+    """
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__}); check the path") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise DataError(f"{path}: is UTF-16 text; save it as UTF-8 (most editors: 'Save with encoding')")
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            if b"\x00" in raw:
+                raise DataError(
+                    f"{path}:{lineno}: holds a NUL byte, so it is a binary file, not text; "
+                    "give a UTF-8 .jsonl, .csv or .txt prompt file"
+                )
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
+
+
 def iter_jsonl_objects(path: Path) -> Iterator[tuple[str, Any]]:
     """(``path:line``, parsed object) for each non-blank line of a user's JSONL file.
 
     Unlike ``read_jsonl`` (our own, possibly torn files), a bad line here is the user's
     to fix, so it stops with its line number.
     """
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
+    for lineno, line in user_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
 
 
 def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRecord]:
@@ -134,21 +163,23 @@ def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRe
             if limit and len(records) >= limit:
                 break
     elif p.suffix == ".csv":
-        with p.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
+        reader = csv.DictReader(line for _, line in user_text_lines(p))
+        try:
             if not reader.fieldnames or "prompt" not in reader.fieldnames:
                 raise DataError(f"{p}:1: CSV needs a 'prompt' column in its header row")
-            for lineno, obj in enumerate(reader, start=2):
-                records.append(_record_from_obj({k: v for k, v in obj.items() if k}, f"{p}:{lineno}"))
+            for obj in reader:
+                where = f"{p}:{reader.line_num}"
+                records.append(_record_from_obj({k: v for k, v in obj.items() if k}, where))
                 if limit and len(records) >= limit:
                     break
+        except csv.Error as e:
+            raise DataError(f"{p}:{reader.line_num}: malformed CSV ({e}); check the quoting on that line") from None
     elif p.suffix == ".txt":
-        with p.open(encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    records.append(PromptRecord(messages=[{"role": "user", "content": line.strip()}]))
-                    if limit and len(records) >= limit:
-                        break
+        for _, line in user_text_lines(p):
+            if line.strip():
+                records.append(PromptRecord(messages=[{"role": "user", "content": line.strip()}]))
+                if limit and len(records) >= limit:
+                    break
     else:
         raise DataError(f"{p}: unknown prompt file type; use .jsonl, .csv, .txt or a dataset directory")
     if not records:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import jinja2
-from jinja2 import StrictUndefined, meta
+import jinja2.sandbox
+from jinja2 import StrictUndefined, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from cai.constitution import Constitution
@@ -169,6 +170,7 @@ class PromptTemplates:
             ast = self._env.parse(src.text, name=src.name, filename=src.origin)
         except jinja2.TemplateSyntaxError as e:
             return problems + [f"{src.origin}:{e.lineno}: template syntax error ({e.message})"]
+        problems += [f"{src.origin}:{lineno}: {what}" for lineno, what in python_internals(ast)]
         supplied = set(provides)
         for var in sorted(meta.find_undeclared_variables(ast) - supplied):
             problems.append(
@@ -184,6 +186,46 @@ class PromptTemplates:
             if problems:
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise TemplateError(problems[0] + more)
+
+
+#: Attributes the sandbox refuses that do not start with "_" (frames and code of generators, ...).
+_UNSAFE_ATTRIBUTES = (
+    jinja2.sandbox.UNSAFE_FUNCTION_ATTRIBUTES | jinja2.sandbox.UNSAFE_METHOD_ATTRIBUTES
+    | jinja2.sandbox.UNSAFE_GENERATOR_ATTRIBUTES | jinja2.sandbox.UNSAFE_COROUTINE_ATTRIBUTES
+    | jinja2.sandbox.UNSAFE_ASYNC_GENERATOR_ATTRIBUTES | {"mro", "func_globals", "func_code", "f_globals",
+                                                          "f_locals", "f_builtins", "tb_frame"}
+)
+# A str.format field that walks to an attribute or key starting with "_": '{0.__class__}'.
+_FORMAT_INTERNAL = re.compile(r"\{[^{}]*(?:\.|\[)\s*_")
+
+
+def _internal(name: str) -> bool:
+    return name.startswith("_") or name in _UNSAFE_ATTRIBUTES
+
+
+def python_internals(ast: nodes.Template) -> list[tuple[int, str]]:
+    """Where a template reaches for Python internals (``''.__class__``, ``x['__globals__']``,
+    ``x | attr(name)``): (line, problem). The sandbox refuses these at render time; lint
+    refuses them before any model loads."""
+    fix = "the sandbox refuses that: templates may use only the variables they are given and their plain fields"
+    found: list[tuple[int, str]] = []
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Call)):
+        if isinstance(node, nodes.Getattr) and _internal(node.attr):
+            found.append((node.lineno, f"reaches for Python internals ('.{node.attr}'); {fix}"))
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                and isinstance(node.arg.value, str) and _internal(node.arg.value):
+            found.append((node.lineno, f"reaches for Python internals ([{node.arg.value!r}]); {fix}"))
+        elif isinstance(node, nodes.Filter) and node.name == "attr":
+            arg = node.args[0] if node.args else None
+            if not (isinstance(arg, nodes.Const) and isinstance(arg.value, str)):
+                found.append((node.lineno, f"uses attr() with a computed name; write the field name itself, {fix}"))
+            elif _internal(arg.value):
+                found.append((node.lineno, f"reaches for Python internals (attr({arg.value!r})); {fix}"))
+        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) \
+                and node.node.attr in ("format", "format_map") and isinstance(node.node.node, nodes.Const) \
+                and isinstance(node.node.node.value, str) and _FORMAT_INTERNAL.search(node.node.node.value):
+            found.append((node.lineno, f"reaches for Python internals (through str.{node.node.attr}); {fix}"))
+    return sorted(set(found))
 
 
 def split_messages(text: str, *, system_prompt: str | None = None, nonce: str | None = None) -> Conversation:

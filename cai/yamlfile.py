@@ -21,7 +21,34 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key, for error messages."""
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(loader: _LineLoader, node: yaml.MappingNode) -> None:
+    """Refuse a key written twice in one mapping (PyYAML would silently keep the last)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+            continue  # '<<' merges may be overridden on purpose
+        key = loader.construct_object(key_node)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: PyYAML reports it itself
+            continue
+        line = key_node.start_mark.line + 1
+        if first is not None:
+            raise _DuplicateKey(key, first, line)
+        seen[key] = line
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    _check_unique_keys(loader, node)
     mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
     keys = {key_node.value: key_node.start_mark.line + 1 for key_node, _ in node.value}
     lines = getattr(loader, "_cai_lines", {})
@@ -76,6 +103,11 @@ def load_yaml_text(text: str, source: str, error: type[UserInputError] = UserInp
             lines = getattr(loader, "_cai_lines", {})
         finally:
             loader.dispose()
+    except _DuplicateKey as e:
+        raise error(
+            f"{source}:{e.again}: duplicate key '{e.key}' (first at line {e.first}); "
+            "YAML would keep only the last one, so keep one and delete the other"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
