@@ -279,3 +279,50 @@ def test_end_to_end_embedded_default(tmp_path, embedded_dir):
         assert row["revisions"][0]["principle_id"] in {p.id for p in constitution.principles}
     for f in failures:
         assert f["reason"] and "raw" in f
+
+
+def test_quality_gates_reject_exemplar_copies_and_prompt_ignoring_revisions(constitution):
+    """A small critic copies few-shot exemplars word for word, or writes about something else: both are refused."""
+    from cai.stages.revise import Gates, exemplar_overlap
+
+    ex = constitution.few_shot[0]
+    copied = ex.revision  # the exemplar's own revision, offered as the revision of an unrelated prompt
+
+    def respond(conv) -> str:
+        last = conv[-1]["content"]
+        if last.startswith("Rewrite"):
+            prompt = conv[-4]["content"]
+            if "0" in prompt:
+                return copied
+            if "1" in prompt:
+                return "Bananas are rich in potassium and grow in tropical climates worldwide."
+            return f"A careful, better answer to the question number {prompt[-3:]}"
+        if last.startswith("Point out"):
+            return "The response is vague about the question and could mislead."
+        return f"first answer to {last}"
+
+    assert exemplar_overlap(copied, [ex.revision]) == 1.0
+    assert exemplar_overlap("an entirely new sentence with its own words here", [ex.revision]) == 0.0
+    result = revise(records(3), constitution, ScriptedBackend(respond), config=ReviseConfig())
+    reasons = {f["id"]: f["reason"] for f in result.failures}
+    ids = [r.id for r in records(3)]
+    assert reasons.get(ids[0]) == "revision_copies_exemplar"
+    assert reasons.get(ids[1]) == "revision_ignores_prompt"
+    assert [r["id"] for r in result.rows] == [ids[2]]
+    # Off, the same outputs are kept: the gates are what refused them.
+    off = revise(records(3), constitution, ScriptedBackend(respond),
+                 config=ReviseConfig(gates=Gates(exemplar_overlap=None, prompt_overlap=False)))
+    assert len(off.rows) == 3
+
+
+def test_a_refusal_revision_need_not_repeat_the_prompt(constitution):
+    def respond(conv) -> str:
+        last = conv[-1]["content"]
+        if last.startswith("Rewrite"):
+            return "I can't help with that, but I can point you to safer options."
+        if last.startswith("Point out"):
+            return "The response could cause harm."
+        return f"first answer to {last}"
+
+    result = revise(records(2), constitution, ScriptedBackend(respond), config=ReviseConfig())
+    assert len(result.rows) == 2 and not result.failures

@@ -19,7 +19,8 @@ def _command(prompts, out, model_dir, constitution) -> list[str]:
     return [sys.executable, "-m", "cai.cli.main", "generate", "revisions", "-p", str(prompts),
             "-c", str(constitution), "--model", str(model_dir), "--out", str(out), "--chunk-size", "2",
             "--batch-size", "2", "--max-new-tokens", "8", "--critique-max-new-tokens", "6",
-            "--n-revisions", "2", "--emit-all-revisions"]
+            "--n-revisions", "2", "--emit-all-revisions",
+            "--no-gates"]  # a random tiny model's text fails the quality gates; this test is about resume
 
 
 def _env() -> dict[str, str]:

@@ -26,7 +26,8 @@ constitution: {constitution}
 models: {{policy: {model}, batch_size: 8}}
 prompts: {{red_team: {red}, helpful: {helpful}, held_out: 2, per_round: 6}}
 stages:
-  revisions: {{response: {{max_new_tokens: 8}}, critique: {{max_new_tokens: 8}}, revision: {{max_new_tokens: 8}}}}
+  revisions: {{response: {{max_new_tokens: 8}}, critique: {{max_new_tokens: 8}}, revision: {{max_new_tokens: 8}},
+              gates: {{exemplar_overlap: null, prompt_overlap: false}}}}
   helpful: {{max_new_tokens: 8}}
   sft: {{config: {{max_steps: 1, max_length: 256}}}}
   preferences: {{max_new_tokens: 8}}
@@ -143,7 +144,7 @@ def test_config_typo_fails_before_any_model_loads(tmp_path):
                        **{"reward: {config:": "reward: {confg:"})
     r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run")])
     assert r.exit_code == 2
-    assert "run.yaml:12: field 'stages.reward.confg': unknown key" in r.output
+    assert "run.yaml:13: field 'stages.reward.confg': unknown key" in r.output
     assert not (tmp_path / "run").exists()
     cfg = write_config(tmp_path / "run2.yaml", tmp_path / "no-model", rounds=1,
                        **{"sft: {config: {max_steps": "sft: {config: {max_stepz"})

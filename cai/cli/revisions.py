@@ -23,11 +23,14 @@ from cai.cli.options import model_options, output_options, print_summary, sampli
 @click.option("--retries", default=0, show_default=True, type=click.IntRange(0),
               help="Re-sample degenerate outputs (empty, echoed request, unchanged revision) up to N times.")
 @click.option("--critique-max-new-tokens", default=96, show_default=True, type=click.IntRange(1))
+@click.option("--gates/--no-gates", default=True, show_default=True,
+              help="Quality gates: reject revisions that copy a few-shot exemplar or ignore the prompt (recorded "
+                   "as failures with the reason).")
 @model_options
 @sampling_options
 @output_options
 def revisions(prompts_path, constitution, template_dir, n_revisions, few_shot, unique_principles,
-              emit_all_revisions, retries, critique_max_new_tokens, model, backend_kind, batch_size, device,
+              emit_all_revisions, retries, critique_max_new_tokens, gates, model, backend_kind, batch_size, device,
               dtype, max_new_tokens, temperature, top_p, seed, out, overwrite, limit, chunk_size) -> None:
     """Critique and revise the policy's responses by the constitution (SL-CAI).
 
@@ -36,7 +39,7 @@ def revisions(prompts_path, constitution, template_dir, n_revisions, few_shot, u
     """
     from cai.constitution import load_constitution
     from cai.data import load_prompts
-    from cai.stages.revise import ReviseConfig, Sampling, check_config, run_revisions
+    from cai.stages.revise import Gates, ReviseConfig, Sampling, check_config, run_revisions
     from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 
     c = load_constitution(constitution)
@@ -49,6 +52,7 @@ def revisions(prompts_path, constitution, template_dir, n_revisions, few_shot, u
         response=Sampling(max_new_tokens=max_new_tokens, **sampling),
         critique=Sampling(max_new_tokens=critique_max_new_tokens, **sampling),
         revision=Sampling(max_new_tokens=max_new_tokens, **sampling),
+        gates=Gates() if gates else Gates(exemplar_overlap=None, prompt_overlap=False),
     )
     check_config(c, config)  # before loading a model
     records = load_prompts(prompts_path, limit=limit)

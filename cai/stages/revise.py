@@ -51,6 +51,19 @@ class Sampling(BaseModel):
     seed: int | None = Field(None, description="Default: ReviseConfig.seed.")
 
 
+class Gates(BaseModel):
+    """Quality gates on critiques and revisions: a failing one is recorded with its reason, never trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exemplar_overlap: float | None = Field(
+        0.5, gt=0, le=1, description="Reject a critique/revision when this share of its word 4-grams comes from a "
+                                     "few-shot exemplar (a small critic copies them); null turns it off.")
+    prompt_overlap: bool = Field(
+        True, description="Reject a revision that is not a refusal and shares no content word with the prompt "
+                          "or the response (it ignores the prompt).")
+
+
 class ReviseConfig(BaseModel):
     """Settings of the critique-and-revise stage. Unknown keys are errors."""
 
@@ -65,6 +78,7 @@ class ReviseConfig(BaseModel):
     response: Sampling = Field(default_factory=Sampling)
     critique: Sampling = Field(default_factory=lambda: Sampling(max_new_tokens=96))
     revision: Sampling = Field(default_factory=Sampling)
+    gates: Gates = Field(default_factory=Gates)
 
     def params(self, kind: str, offset: int = 0) -> SamplingParams:
         s: Sampling = getattr(self, kind)
@@ -113,6 +127,44 @@ def _repetitive(text: str) -> bool:
     return len(set(grams)) / len(grams) < 0.35
 
 
+_STOP = frozenset("""a an and are as at be but by can could do does for from has have how i if in into is it
+its me my of on or our should so than that the their them then there these they this to was we what when where
+which who why will with would you your about just like some any been not no yes""".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _norm(text).split() if len(w) >= 4 and w not in _STOP}
+
+
+def _grams(text: str, n: int = 4) -> list[tuple[str, ...]]:
+    words = _norm(text).split()
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def exemplar_overlap(text: str, exemplar_texts: Sequence[str]) -> float:
+    """Share of the text's word 4-grams that occur in the exemplar texts (0 when it is too short to tell)."""
+    grams = _grams(text)
+    if not grams:
+        return 0.0
+    pool = {g for t in exemplar_texts for g in _grams(t)}
+    return sum(g in pool for g in grams) / len(grams)
+
+
+def gate_reason(kind: str, text: str, *, gates: "Gates", prompt: str, response: str,
+                exemplar_texts: Sequence[str], is_refusal: Callable[[str], bool] | None = None) -> str | None:
+    """Why a critique or revision fails a quality gate (see `Gates`), or None."""
+    if gates.exemplar_overlap is not None and exemplar_texts:
+        if exemplar_overlap(text, exemplar_texts) >= gates.exemplar_overlap:
+            return "copies_exemplar"
+    # Critiques speak about "the response" in the abstract, so only revisions must touch the prompt.
+    if gates.prompt_overlap and prompt and kind == "revision":
+        if is_refusal is not None and is_refusal(text):
+            return None  # a refusal need not repeat the request's words
+        if not (_content_words(text) & (_content_words(prompt) | _content_words(response))):
+            return "ignores_prompt"
+    return None
+
+
 def degenerate_reason(
     kind: str,
     text: str,
@@ -120,6 +172,10 @@ def degenerate_reason(
     principle: Principle | None = None,
     response: str = "",
     critique: str = "",
+    prompt: str = "",
+    gates: "Gates | None" = None,
+    exemplar_texts: Sequence[str] = (),
+    is_refusal: Callable[[str], bool] | None = None,
 ) -> str | None:
     """Why ``text`` (a response, critique or revision) is unusable, or None if it is fine."""
     if not _norm(text):
@@ -140,6 +196,9 @@ def degenerate_reason(
             return "echoes_critique"
     if _repetitive(text):
         return "repetitive"
+    if gates is not None and kind in ("critique", "revision"):
+        return gate_reason(kind, text, gates=gates, prompt=prompt, response=response,
+                           exemplar_texts=exemplar_texts, is_refusal=is_refusal)
     return None
 
 
@@ -274,6 +333,13 @@ def revise(
     few_shot = few_shot_context(constitution, config.few_shot)
     records = list(records)
     plans = [sample_plan(r, constitution, config) for r in records]
+    from cai.refusal import RefusalDetector
+
+    refusal = RefusalDetector().is_refusal
+    # Exemplar texts a small critic tends to copy, unless the exemplar is for this very prompt.
+    ex_texts = {"critique": [ex.critique for ex in constitution.few_shot],
+                "revision": [ex.revision for ex in constitution.few_shot]} if config.few_shot else \
+        {"critique": [], "revision": []}
 
     # Step 0: the initial responses.
     convs = [policy_conversation(r, templates, constitution) for r in records]
@@ -292,7 +358,9 @@ def revise(
         ]
         crits = batch.run(
             "critique", step + 1, convs,
-            lambda k, text: degenerate_reason("critique", text, principle=plans[rows[k]][step], response=current[rows[k]]),
+            lambda k, text: degenerate_reason("critique", text, principle=plans[rows[k]][step], response=current[rows[k]],
+                                              prompt=records[rows[k]].text, gates=config.gates,
+                                              exemplar_texts=ex_texts["critique"]),
         )
         ready = []  # (row, critique) pairs whose critique is usable
         for k, i in enumerate(rows):
@@ -311,7 +379,9 @@ def revise(
         revs = batch.run(
             "revision", step + 1, convs,
             lambda k, text: degenerate_reason("revision", text, principle=plans[ready[k][0]][step],
-                                              response=current[ready[k][0]], critique=ready[k][1]),
+                                              response=current[ready[k][0]], critique=ready[k][1],
+                                              prompt=records[ready[k][0]].text, gates=config.gates,
+                                              exemplar_texts=ex_texts["revision"], is_refusal=refusal),
         )
         for (i, crit), (text, reason, gen) in zip(ready, revs):
             entry: dict[str, Any] = {"step": step + 1, "principle_id": plans[i][step].id, "critique": crit,
@@ -403,6 +473,7 @@ def preference_row(row: dict[str, Any]) -> dict[str, Any]:
         "rejected": [{"role": "assistant", "content": row["initial_response"]}],
         "p_chosen": 1.0,
         "principle_ids": row["principle_ids"],
+        "label_source": "revision",
         "source": "revision_over_initial",
     }
 
