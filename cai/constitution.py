@@ -20,6 +20,9 @@ A constitution is a YAML (or JSON) file::
         critique: ...
         revision: ...
         principle_id: avoid-violence   # optional
+    refusals:                          # optional: the harmless answer by prompt category
+      default: I can't help with that. ...
+      weapons: I can't help with making or modifying weapons. ...
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ class Constitution(_Strict):
     )
     principles: list[Principle]
     few_shot: list[FewShotExample] = Field(default_factory=list)
+    refusals: dict[str, str] = Field(
+        default_factory=dict,
+        description="What to say to a harmful request, by prompt category ('default' for any other). "
+                    "Context distillation and contrastive pairs use it as the harmless answer.",
+    )
 
     # Set by load_constitution; not part of the file.
     source: str | None = Field(default=None, exclude=True)
@@ -106,6 +114,12 @@ class Constitution(_Strict):
         return self
 
     # --- behaviour -------------------------------------------------------------------
+
+    def refusal_for(self, category: str | None) -> str | None:
+        """The constitution's answer to a harmful request of ``category`` (else its default), if it has one."""
+        if category and category in self.refusals:
+            return self.refusals[category]
+        return self.refusals.get("default")
 
     def principle(self, principle_id: str) -> Principle:
         for p in self.principles:
