@@ -121,7 +121,14 @@ def test_unknown_pipeline_stage_is_a_one_line_error(tmp_path):
 
 
 def test_input_order_is_checked(tmp_path):
-    text = write_config(tmp_path / "run.yaml").read_text().replace("[toy-lengths]", "[sft, sft-data]")
+    text = write_config(tmp_path / "run.yaml").read_text().replace("[toy-lengths]", "[contrastive, distill]")
     (tmp_path / "run.yaml").write_text(text.replace("  toy_lengths: {scale: 1}\n", "  {}\n"))
     r = CliRunner().invoke(cli, ["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2 and "stage 'sft' reads 'sft-data', which must come before it" in r.output
+    assert r.exit_code == 2 and "stage 'contrastive' reads 'distill', which must come before it" in r.output
+
+
+def test_sft_without_a_data_stage_is_refused(tmp_path):
+    text = write_config(tmp_path / "run.yaml").read_text().replace("[toy-lengths]", "[helpful, sft]")
+    (tmp_path / "run.yaml").write_text(text.replace("  toy_lengths: {scale: 1}\n", "  {}\n"))
+    r = CliRunner().invoke(cli, ["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "stages.sft trains on the rows of distill or sft-data" in r.output

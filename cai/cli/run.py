@@ -39,10 +39,20 @@ def run(config: str, rounds: int | None, out: str | None, resume: bool, force: t
 
 @click.command("status")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-def status(run_dir: str) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the machine-readable status (stages, final_policy, per-round metrics); "
+                   "the contract is documented in docs/architecture.md.")
+def status(run_dir: str, as_json: bool) -> None:
     """Show where a run stands: each stage's status and time."""
     from cai.rounds import run_status
 
+    if as_json:
+        import json
+
+        from cai.rounds import status_json
+
+        click.echo(json.dumps(status_json(run_dir), indent=2))
+        return
     for s in run_status(run_dir):
         secs = f"{s['seconds']:.0f}s" if s["seconds"] is not None else ""
         click.echo(f"{s['stage']:<24} {s['status']:<10} {secs:>8}  {s['output'] or ''}")

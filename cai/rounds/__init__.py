@@ -20,7 +20,7 @@ Modules: ``spec`` (what a stage is, the registry), ``config`` (the run config),
 from __future__ import annotations
 
 from cai.rounds.config import RunConfigBase, check_run_config, load_run_config, run_config_class
-from cai.rounds.manifest import MANIFEST, RunManifest, read_manifest, run_status
+from cai.rounds.manifest import MANIFEST, RunManifest, read_manifest, run_status, status_json
 from cai.rounds.runner import Run, run_rounds
 from cai.rounds.spec import DEFAULT_PIPELINE, RoundStage, get_stage, register_stage, stage_registry
 
@@ -32,5 +32,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["RunConfig", "RunConfigBase", "Run", "RunManifest", "RoundStage", "MANIFEST", "DEFAULT_PIPELINE",
-           "load_run_config", "check_run_config", "run_config_class", "run_rounds", "run_status", "read_manifest",
+           "load_run_config", "check_run_config", "run_config_class", "run_rounds", "run_status", "read_manifest", "status_json",
            "register_stage", "stage_registry", "get_stage"]

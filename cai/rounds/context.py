@@ -49,6 +49,12 @@ class RunResources:
                                                 dtype=m.dtype, progress=self.progress)
         return self._backends[spec]
 
+    def stage_summary(self, name: str) -> dict[str, Any]:
+        """A finished stage's summary from the manifest (``round-k/stage``); empty if none."""
+        from cai.rounds.manifest import RunManifest
+
+        return RunManifest(self.dir).stage(name).get("summary") or {}
+
     def release_backends(self) -> None:
         self._backends.clear()
         gc.collect()

@@ -55,4 +55,29 @@ def run_status(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["MANIFEST", "RunManifest", "read_manifest", "run_status"]
+#: Version of the `cai status --json` contract; bumped when a key changes meaning or goes away.
+STATUS_SCHEMA = 1
+
+
+def status_json(run_dir: str | Path) -> dict[str, Any]:
+    """`cai status RUN --json`: the stage table, ``final_policy`` and each round's metrics (stable keys)."""
+    d = Path(run_dir)
+    data = read_manifest(d)
+    rounds = []
+    for k in range(1, int(data.get("rounds", 1)) + 1):
+        path = d / f"round-{k}" / "eval" / "metrics.json"
+        rounds.append({"round": k, "metrics": json.loads(path.read_text(encoding="utf-8")) if path.exists() else None})
+    final = data.get("final_policy")
+    return {
+        "schema": STATUS_SCHEMA,
+        "run_dir": str(d),
+        "name": data.get("name"),
+        "pipeline": data.get("pipeline", list(DEFAULT_PIPELINE)),
+        "complete": all(s["status"] == "complete" for s in run_status(d)),
+        "final_policy": final,
+        "stages": run_status(d),
+        "rounds": rounds,
+    }
+
+
+__all__ = ["MANIFEST", "STATUS_SCHEMA", "RunManifest", "read_manifest", "run_status", "status_json"]

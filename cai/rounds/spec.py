@@ -68,7 +68,8 @@ class RoundStage:
 
 
 _REGISTRY: dict[str, RoundStage] = {}
-_BUILTIN = ("revisions", "helpful", "sft_data", "sft", "preferences", "reward", "rl", "eval")
+_BUILTIN = ("revisions", "helpful", "distill", "sft_data", "sft", "preferences", "contrastive", "reward", "rl", "dpo",
+            "eval")
 _loaded = False
 
 #: The card's chain, in order: what `cai run` does when the config names no pipeline.

@@ -181,6 +181,7 @@ def _row(rec: PromptRecord, pid: str, pair: tuple[int, int], a: str, b: str, v: 
         "p_first_order": first,
         "p_second_order": second,
         "position_consistent": v.position_consistent,
+        "label_source": "judge",
         "principle_ids": v.principle_ids,
         "per_principle": {k: (p if a_wins else 1.0 - p) for k, p in v.per_principle.items()},
         "rationales": v.rationales,

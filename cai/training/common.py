@@ -52,16 +52,35 @@ class TrainResult:
 # --- config ----------------------------------------------------------------------------
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trains ~2x faster.
+
+    ``CAI_TRAIN_BF16=0`` (or ``1``) overrides the detection.
+    """
+    forced = os.environ.get("CAI_TRAIN_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def cpu_friendly_defaults() -> dict[str, Any]:
     """Defaults every trainer starts from: small batches, no checkpoints, fp32 on CPU.
 
     TRL turns bf16 and gradient checkpointing on by default; on a CPU without bf16
-    units (FACTS.md) both only slow training down, so they follow the hardware here.
+    units (FACTS.md) both only slow training down, so they follow the hardware here:
+    bf16 autocast on a GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere.
     """
     import torch
 
-    bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    cuda = torch.cuda.is_available()
+    bf16 = bool(cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_native_bf16())
     return {
+        # Without a GPU, TRL refuses bf16 unless told the CPU is meant.
+        **({"use_cpu": True} if bf16 and not cuda else {}),
         "per_device_train_batch_size": 2,
         "per_device_eval_batch_size": 2,
         "gradient_accumulation_steps": 1,

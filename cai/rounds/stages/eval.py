@@ -37,6 +37,10 @@ class RoundMetrics:
     reward: dict[str, float | None] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     labeller: dict[str, Any] = field(default_factory=dict)
+    #: Per model: refusal with Wilson intervals (overall, by category, look-unsafe benign), distinct-2.
+    outcome: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Which label source trained this round, and why (from the training stages' summaries).
+    label_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +49,8 @@ class RoundMetrics:
     def load(cls, path: str | Path) -> "RoundMetrics":
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(win_rates=d.get("win_rates", {}), reward=d.get("reward", {}), samples=d.get("samples", []),
-                   labeller=d.get("labeller", {}),
+                   labeller=d.get("labeller", {}), outcome=d.get("outcome", {}),
+                   label_sources=d.get("label_sources", {}),
                    refusal={k: ModelFigures(**v) for k, v in d.get("refusal", {}).items()})
 
 
@@ -69,6 +74,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     per = full["models"]
     responses = {name: {s["prompt"]: s["response"] for s in per[name].get("samples", [])} for name in per}
+    by_id = {name: {s["id"]: s["response"] for s in per[name].get("samples", [])} for name in per}
     if not e.keep_samples:
         for m in per.values():
             m.pop("samples", None)
@@ -86,6 +92,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                  [responses[prev][r.text] for r in records])
         metrics.win_rates[f"vs {prev}"] = win_rate(verdicts).to_dict()
     metrics.refusal = {name: ModelFigures.from_eval(m) for name, m in per.items()}
+    from cai.evaluation.outcome import outcome_figures
+
+    metrics.outcome = {name: outcome_figures(eval_red, eval_benign, by_id[name], confidence=e.confidence)
+                       for name in per}
+    for stage in ctx.cfg.pipeline:
+        summary = ctx.res.stage_summary(f"round-{k}/{stage}")
+        if summary and "label_source" in summary:
+            metrics.label_sources[stage] = {key: summary[key] for key in ("label_source", "label_source_why")}
     metrics.reward = {name: ((m.get("reward") or {}).get("all") or {}).get("mean") for name, m in per.items()}
     if e.keep_samples:
         metrics.samples = [{"prompt": p, **{name: responses[name].get(p) for name in models}}
@@ -95,7 +109,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics.labeller = json.loads(prefs.read_text()).get("summary", {}).get("labeller", {})
     out = metrics.to_dict()
     (ctx.out / "metrics.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
-    return {key: out[key] for key in ("win_rates", "refusal", "reward")}
+    return {key: out[key] for key in ("win_rates", "refusal", "reward", "label_sources")}
 
 
 STAGE = register_stage(RoundStage(

@@ -9,10 +9,11 @@ from pydantic import Field
 from cai.errors import UserInputError
 from cai.rounds.context import StageContext
 from cai.rounds.spec import RoundStage, register_stage
+from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe
 from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
 
 
-class RLSection(TrainSection):
+class RLSection(TrainSection, LabelSourceChoice):
     algorithm: Literal["ppo", "rloo", "grpo", "dpo"] = "ppo"
     judge: bool = Field(False, description="rloo/grpo: add the constitution judge as a reward function.")
 
@@ -20,6 +21,9 @@ class RLSection(TrainSection):
 def check(cfg: Any, source: str) -> None:
     s = cfg.stages.rl
     check_trainer(s.algorithm, "rl")(cfg, source)
+    if s.algorithm != "dpo" and "reward" not in cfg.pipeline:
+        raise UserInputError(f"{source}: stages.rl.algorithm {s.algorithm} trains against the reward stage; "
+                             "add reward before rl in the pipeline, or use algorithm: dpo")
     if s.judge and s.algorithm not in ("rloo", "grpo"):
         raise UserInputError(f"{source}: stages.rl.judge works with rloo or grpo only; set algorithm or drop judge")
 
@@ -31,8 +35,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sft_model = str(ctx.input_dir("sft"))
     reward_model = str(ctx.input_dir("reward"))
     prompts = ctx.prompts("red_team") + ctx.prompts("helpful")
-    if s.algorithm == "dpo":
-        res = training.train_dpo(ctx.input_dir("preferences"), sft_model, ctx.out, config=s.config, lora=s.lora)
+    chosen: dict[str, Any] = {}
+    if s.algorithm == "dpo":  # DPO reads pairs: the same label-source choice as the reward model
+        source, data, why = choose(ctx, s)
+        chosen = describe(source, data, why)
+        res = training.train_dpo(data, sft_model, ctx.out, config=s.config, lora=s.lora)
     elif s.algorithm == "ppo":
         res = training.train_ppo(prompts, sft_model, reward_model, ctx.out, config=s.config, lora=s.lora)
     else:
@@ -44,11 +51,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                       templates=ctx.res.templates()).as_reward_func()
         fn = training.train_rloo if s.algorithm == "rloo" else training.train_grpo
         res = fn(prompts, sft_model, ctx.out, reward_model=reward_model, judge=judge, config=s.config, lora=s.lora)
-    return train_summary(res.summary)
+    return {**train_summary(res.summary), **chosen}
 
 
 STAGE = register_stage(RoundStage(
-    name="rl", run=run, config=RLSection, inputs=("sft", "preferences", "reward"), restart=True,
+    name="rl", run=run, config=RLSection, inputs=("sft",), optional_inputs=("reward", *OPTIONAL_INPUTS),
+    restart=True,
     produces_policy=True, uses=("seed", "prompts", "models.feedback", "constitution"), check=check,
     description="RL (or DPO) from the SFT model against the reward model.",
 ))

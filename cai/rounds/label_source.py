@@ -1,0 +1,78 @@
+"""Where a round's preference signal comes from, chosen by measurement (recorded in the summary).
+
+``auto``: the judge's labels when the round's labeller is informative (position
+consistency at or above ``min_position_consistency`` on its own pairs), else
+contrastive pairs, else revision ≻ initial pairs. A labeller at chance gives noise,
+and a reward model or DPO trained on noise does not make the policy better.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.errors import UserInputError
+from cai.rounds.context import StageContext
+
+#: The stages that hold each source's preference rows (and where, inside their output).
+SOURCES = {"judge": ("preferences", ""), "contrastive": ("contrastive", ""), "revision": ("revisions", "preference")}
+
+
+class LabelSourceChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label_source: Literal["auto", "judge", "contrastive", "revision"] = Field(
+        "auto", description="Which preference rows to train on; auto chooses by the labeller's position consistency.")
+    min_position_consistency: float = Field(
+        0.6, ge=0, le=1, description="auto: the judge's labels are used only at or above this consistency.")
+
+
+def labeller_consistency(ctx: StageContext) -> float | None:
+    card = ctx.input_dir("preferences") / "cai_dataset.json"
+    if not card.exists():
+        return None
+    stats = json.loads(card.read_text(encoding="utf-8")).get("summary", {}).get("labeller", {})
+    value = stats.get("position_consistency_rate")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, str]:
+    """(source, dataset dir, why) for this round."""
+    present = {name: ctx.has_input(stage) for name, (stage, _) in SOURCES.items()}
+    consistency = labeller_consistency(ctx) if present["judge"] else None
+    if section.label_source != "auto":
+        source = section.label_source
+        if not present[source]:
+            raise UserInputError(f"stages.{ctx.stage}: label_source {source} needs the "
+                                 f"{SOURCES[source][0]} stage in the pipeline; add it or use auto")
+        why = "set in the config"
+    elif present["judge"] and consistency is not None and consistency >= section.min_position_consistency:
+        source, why = "judge", f"labeller position consistency {consistency:.2f} >= {section.min_position_consistency}"
+    else:
+        fallback = next((s for s in ("contrastive", "revision") if present[s]), None)
+        if fallback is None:
+            if not present["judge"]:
+                raise UserInputError(f"stages.{ctx.stage}: no preference rows in the pipeline; add preferences, "
+                                     "contrastive or revisions before it")
+            fallback = "judge"
+        source = fallback
+        why = ("no preferences stage" if consistency is None and not present["judge"] else
+               f"labeller position consistency {consistency if consistency is not None else float('nan'):.2f} "
+               f"< {section.min_position_consistency}: its labels are near chance")
+        if source == "judge":
+            why += "; no other source in the pipeline, so the judge's labels are used anyway"
+    stage, sub = SOURCES[source]
+    return source, ctx.input_dir(stage) / sub if sub else ctx.input_dir(stage), why
+
+
+def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:
+    return {"label_source": source, "label_source_why": why, "data": str(data_dir)}
+
+
+#: The stages a label-source choice may read (declared as optional inputs).
+OPTIONAL_INPUTS = tuple(stage for stage, _ in SOURCES.values())
+
+__all__ = ["LabelSourceChoice", "choose", "describe", "labeller_consistency", "OPTIONAL_INPUTS"]

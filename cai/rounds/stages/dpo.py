@@ -1,0 +1,30 @@
+"""``dpo``: DPO from the round's SFT model on the preference rows the label-source choice picks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cai.rounds.context import StageContext
+from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe
+from cai.rounds.spec import RoundStage, register_stage
+from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
+
+
+class DPOSection(TrainSection, LabelSourceChoice):
+    pass
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from cai.training import train_dpo
+
+    source, data, why = choose(ctx, ctx.section)
+    s = ctx.section
+    res = train_dpo(data, str(ctx.input_dir("sft")), ctx.out, config=s.config, lora=s.lora)
+    return {**train_summary(res.summary), **describe(source, data, why)}
+
+
+STAGE = register_stage(RoundStage(
+    name="dpo", run=run, config=DPOSection, inputs=("sft",), optional_inputs=OPTIONAL_INPUTS, restart=True,
+    produces_policy=True, uses=("seed",), check=check_trainer("dpo", "dpo"),
+    description="DPO from the SFT model on judge, contrastive or revision pairs (chosen by measurement).",
+))
