@@ -28,6 +28,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = register_stage(RoundStage(
     name="distill", run=run, config=DistillConfig, reads_policy=True, check=check,
-    uses=DEFAULT_USES + ("constitution", "chunk_size"), templates=("initial_response",),
+    uses=DEFAULT_USES + ("constitution",), templates=("initial_response",),
     description="Context distillation: targets made with the constitution in context, trained without it.",
 ))

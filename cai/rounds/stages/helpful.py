@@ -34,6 +34,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = register_stage(RoundStage(
     name="helpful", run=run, config=HelpfulConfig, reads_policy=True,
-    uses=DEFAULT_USES + ("constitution", "chunk_size"), templates=("initial_response",),
+    uses=DEFAULT_USES + ("constitution",), templates=("initial_response",),
     description="The policy's own answers to helpful prompts, mixed into SFT.",
 ))

@@ -22,7 +22,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = register_stage(RoundStage(
     name="revisions", run=run, config=ReviseConfig, reads_policy=True,
-    uses=DEFAULT_USES + ("constitution", "chunk_size"),
+    uses=DEFAULT_USES + ("constitution",),
     templates=("initial_response", "critique", "revision"),
     description="Critique and revise red-team responses by the constitution's principles.",
 ))

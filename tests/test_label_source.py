@@ -1,0 +1,63 @@
+"""The label-source switch: judge labels only when the labeller is informative, else pairs by construction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cai.errors import UserInputError
+from cai.rounds import run_config_class
+from cai.rounds.context import RunResources, StageContext
+from cai.rounds.label_source import choose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ctx(tmp_path: Path, pipeline: list[str], consistency: float | None = None, **section) -> StageContext:
+    cfg = run_config_class().model_validate({
+        "prompts": {"red_team": str(ROOT / "examples/prompts/red_team.jsonl"),
+                    "helpful": str(ROOT / "examples/prompts/helpful.jsonl")},
+        "pipeline": pipeline, "stages": {"dpo": section} if section else {},
+    })
+    rd = tmp_path / "round-1"
+    for stage in pipeline:
+        (rd / stage).mkdir(parents=True, exist_ok=True)
+    if consistency is not None:
+        (rd / "preferences" / "cai_dataset.json").write_text(json.dumps(
+            {"summary": {"labeller": {"position_consistency_rate": consistency}}}))
+    return StageContext(res=RunResources(cfg, tmp_path), stage="dpo", k=1, out=rd / "dpo", fresh=True,
+                        policy="x")
+
+
+FULL = ["revisions", "helpful", "sft-data", "sft", "preferences", "distill", "contrastive", "dpo"]
+
+
+def test_labeller_at_chance_trains_on_contrastive_pairs(tmp_path):
+    source, data, why = choose(ctx(tmp_path, FULL, consistency=0.05), ctx(tmp_path, FULL).section)
+    assert source == "contrastive" and data == tmp_path / "round-1" / "contrastive"
+    assert "0.05 < 0.6" in why and "chance" in why
+
+
+def test_informative_labeller_trains_on_judge_labels(tmp_path):
+    c = ctx(tmp_path, FULL, consistency=0.8)
+    source, data, why = choose(c, c.section)
+    assert source == "judge" and data.name == "preferences" and "0.80 >= 0.6" in why
+
+
+def test_revision_pairs_when_there_are_no_contrastive_pairs(tmp_path):
+    pipeline = ["revisions", "helpful", "sft-data", "sft", "preferences", "dpo"]
+    c = ctx(tmp_path, pipeline, consistency=0.0)
+    source, data, _ = choose(c, c.section)
+    assert source == "revision" and data == tmp_path / "round-1" / "revisions" / "preference"
+
+
+def test_threshold_and_explicit_choice(tmp_path):
+    c = ctx(tmp_path, FULL, consistency=0.3, min_position_consistency=0.25)
+    assert choose(c, c.section)[0] == "judge"
+    c = ctx(tmp_path, FULL, consistency=0.9, label_source="contrastive")
+    assert choose(c, c.section)[:1] == ("contrastive",)
+    c = ctx(tmp_path, ["distill", "sft", "dpo"], label_source="judge")
+    with pytest.raises(UserInputError, match="needs the preferences stage"):
+        choose(c, c.section)
