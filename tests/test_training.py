@@ -103,10 +103,10 @@ def _check_saved_policy(result, before: dict) -> None:
 
 
 def test_sft_masks_prompt_tokens(sft_dir, tiny_model_dir, tmp_path):
-    from cai.training.sft import build_sft_trainer
+    from cai.training import build_trainer
 
-    trainer, ctx = build_sft_trainer(sft_dir, str(tiny_model_dir), tmp_path / "out", **FAST)
-    tok = ctx["tokenizer"]
+    trainer, job = build_trainer("sft", sft_dir, str(tiny_model_dir), tmp_path / "out", **FAST)
+    tok = job.tokenizer
     batch = trainer.data_collator([trainer.train_dataset[0]])
     labels = batch["labels"][0]
     ids = batch["input_ids"][0]
@@ -171,10 +171,10 @@ def test_soft_loss_differs_for_uncertain_labels():
 
 def test_reward_trainer_uses_soft_loss(pref_dir, tiny_model_dir, tmp_path):
     """The trainer's loss on a batch equals TRL's hard loss at p=1 and differs at p=0.6."""
-    from cai.training.reward import build_reward_trainer
+    from cai.training import build_trainer
 
-    trainer, ctx = build_reward_trainer(pref_dir, str(tiny_model_dir), tmp_path / "rm", eval_fraction=0, **FAST)
-    assert ctx["soft_labels"] is True
+    trainer, job = build_trainer("reward", pref_dir, str(tiny_model_dir), tmp_path / "rm", eval_fraction=0, **FAST)
+    assert job.options["soft_labels"] is True
     model = trainer.model.eval()
     examples = [dict(trainer.train_dataset[i]) for i in range(2)]
 
@@ -283,7 +283,7 @@ def test_unknown_config_key_names_file_and_key(sft_dir, tmp_path):
 def test_config_layers_yaml_then_flags(tmp_path):
     from trl import SFTConfig
 
-    from cai.training.common import build_config
+    from cai.training.config import build_config
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("learning_rate: 0.5\nmax_steps: 7\nlogging_steps: 3\n")
@@ -312,6 +312,7 @@ def test_importing_cai_training_does_not_import_trl():
     import sys
 
     code = ("import sys, cai.training, cai.training.sft, cai.training.reward, cai.training.ppo, "
-            "cai.training.grpo, cai.training.rloo, cai.training.dpo, cai.cli.train; "
+            "cai.training.grpo, cai.training.rloo, cai.training.dpo, cai.training.spec, cai.training.runner, "
+            "cai.training.config, cai.cli.train; cai.training.trainer_registry(); "
             "assert 'trl' not in sys.modules, 'trl imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

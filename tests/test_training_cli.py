@@ -37,7 +37,7 @@ def _config_class(name: str):
 @pytest.mark.parametrize("name", TRAINERS)
 def test_example_config_builds_its_trl_config(name, tmp_path):
     """Every key in examples/configs/<name>.yaml is a field of TRL's config (so a TRL rename fails here)."""
-    from cai.training.common import build_config, load_config_file
+    from cai.training.config import build_config, load_config_file
 
     path = CONFIGS / f"{name}.yaml"
     data = load_config_file(path)

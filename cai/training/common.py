@@ -1,9 +1,4 @@
-"""What every trainer adapter shares: config building, data checks, LoRA, saving.
-
-A trainer's settings are its TRL config's own fields, so TRL's documentation is
-the reference and nothing is documented twice. They are layered, lowest first:
-cai's CPU-friendly defaults, then the YAML file (``config_file``) or ``config``
-dict, then explicit overrides (CLI flags); ``None`` overrides are ignored.
+"""What every trainer shares: data checks, models, LoRA, the default trainer, saving.
 
 Each trained model is saved as a plain safetensors directory (LoRA merged in),
 with its tokenizer and ``training_summary.json``, so ``cai`` loads it as a model
@@ -12,33 +7,22 @@ spec like any other directory.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cai.errors import DataError, UserInputError
+from cai.training.config import CHECKPOINT_SUBDIR
+
+if TYPE_CHECKING:
+    from cai.training.spec import TrainJob
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
-CHECKPOINT_SUBDIR = "checkpoints"
-
-#: Which `cai train` command (and which `cai generate` command makes its data) fits each dataset kind.
-COMMAND_FOR_KIND = {
-    "sft": "cai train sft",
-    "preference": "cai train reward / cai train dpo",
-    "responses": "none yet: label it first with cai generate preferences",
-    "prompts": "cai train ppo / rloo / grpo (as --prompts)",
-}
-
-
-class TrainingConfigError(UserInputError):
-    """A trainer config file or option that TRL would not accept."""
 
 
 @dataclass
@@ -49,137 +33,18 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-# --- config ----------------------------------------------------------------------------
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trains ~2x faster.
-
-    ``CAI_TRAIN_BF16=0`` (or ``1``) overrides the detection.
-    """
-    forced = os.environ.get("CAI_TRAIN_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def cpu_friendly_defaults() -> dict[str, Any]:
-    """Defaults every trainer starts from: small batches, no checkpoints, fp32 on CPU.
-
-    TRL turns bf16 and gradient checkpointing on by default; on a CPU without bf16
-    units (FACTS.md) both only slow training down, so they follow the hardware here:
-    bf16 autocast on a GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere.
-    """
-    import torch
-
-    cuda = torch.cuda.is_available()
-    bf16 = bool(cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_native_bf16())
-    return {
-        # Without a GPU, TRL refuses bf16 unless told the CPU is meant.
-        **({"use_cpu": True} if bf16 and not cuda else {}),
-        "per_device_train_batch_size": 2,
-        "per_device_eval_batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "num_train_epochs": 1,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "bf16": bf16,
-        # transformers 5 renamed gradient_checkpointing (TRL defaults it on) to activation_checkpointing.
-        "activation_checkpointing": False,
-        "gradient_checkpointing": False,
-        "seed": 0,
-        "disable_tqdm": os.environ.get("CAI_NO_PROGRESS") == "1",
-        "dataloader_num_workers": 0,
-        "dataloader_pin_memory": torch.cuda.is_available(),
-    }
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML (or JSON) mapping of TRL config fields."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingConfigError(f"{p}: config file not found; check the path")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise TrainingConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise TrainingConfigError(f"{p}: expected a mapping of config fields (key: value), got {type(data).__name__}")
-    return data
-
-
-def build_config(
-    config_cls: type,
-    out_dir: str | Path,
-    *,
-    defaults: dict[str, Any] | None = None,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Build a TRL config: defaults < file < ``config`` dict < overrides. Returns (config, settings).
-
-    ``output_dir`` always comes from ``out_dir`` (checkpoints go in a subdirectory,
-    the final model at the top), so a shared YAML can't write into another run.
-    """
-    valid = {f.name for f in dataclasses.fields(config_cls) if f.init}
-    settings: dict[str, Any] = {**cpu_friendly_defaults(), **(defaults or {})}
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if config_file is not None:
-        layers.append((str(config_file), load_config_file(config_file)))
-    if config:
-        layers.append(("config", dict(config)))
-    layers.append(("options", {k: v for k, v in (overrides or {}).items() if v is not None}))
-    for source, layer in layers:
-        for key, value in layer.items():
-            if key not in valid:
-                close = _close_names(key, valid)
-                hint = f"; did you mean {', '.join(close)}?" if close else f"; see {config_cls.__name__} in TRL's docs"
-                raise TrainingConfigError(f"{source}: unknown {config_cls.__name__} field '{key}'{hint}")
-            if key == "output_dir":
-                log.warning("%s: ignoring output_dir; the model goes to --out (%s)", source, out_dir)
-                continue
-            settings[key] = value
-            if key == "gradient_checkpointing" and "activation_checkpointing" not in layer:
-                settings.pop("activation_checkpointing", None)  # the old name, set on purpose, wins
-    if "activation_checkpointing" in valid and "activation_checkpointing" in settings:
-        settings.pop("gradient_checkpointing", None)  # only the new name, so transformers doesn't warn
-    settings = {k: v for k, v in settings.items() if k in valid}
-    try:
-        cfg = config_cls(output_dir=str(Path(out_dir) / CHECKPOINT_SUBDIR), **settings)
-    except (TypeError, ValueError) as e:
-        raise TrainingConfigError(f"{config_cls.__name__}: {str(e).splitlines()[0]}; fix the config or option") from None
-    return cfg, settings
-
-
-def _close_names(key: str, valid: set[str]) -> list[str]:
-    import difflib
-
-    return difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.75)
-
-
 # --- data ------------------------------------------------------------------------------
 
 
 def require_kind(data_dir: str | Path, expected: str, command: str) -> dict[str, Any]:
     """Refuse a dataset of the wrong kind before any model loads; returns its metadata."""
     from cai.data import read_meta
+    from cai.training.spec import commands_for_kind
 
     meta = read_meta(data_dir)
     kind = meta.get("kind", "unknown")
     if kind != expected:
-        fits = COMMAND_FOR_KIND.get(kind, "no cai train command")
+        fits = commands_for_kind(kind)
         raise DataError(
             f"{data_dir}: holds '{kind}' rows, but `{command}` needs '{expected}' rows; "
             f"for '{kind}' rows use: {fits}"
@@ -288,6 +153,18 @@ def merged(model: Any) -> Any:
     return model
 
 
+def policy_trainer(job: "TrainJob", **extra: Any) -> Any:
+    """The spec's TRL trainer on the policy (``job.model``) and ``job.rows``; ``extra`` goes to the trainer."""
+    from datasets import Dataset
+
+    model, tok = load_policy(job.model)
+    job.tokenizer = tok
+    return job.spec.trainer_cls()(
+        model=model, args=job.config, train_dataset=Dataset.from_list(job.rows), processing_class=tok,
+        peft_config=lora_config("CAUSAL_LM") if job.lora else None, **extra,
+    )
+
+
 # --- running and saving -----------------------------------------------------------------
 
 
@@ -377,35 +254,11 @@ def load_prompt_records(prompts: Any, *, limit: int | None = None) -> tuple[list
     if path.is_dir() and (path / META_FILE).is_file():
         kind = read_meta(path).get("kind")
         if kind in ("sft", "preference"):
+            from cai.training.spec import commands_for_kind
+
             raise DataError(
-                f"{path}: holds '{kind}' rows, not prompts; for them use: {COMMAND_FOR_KIND[kind]} "
+                f"{path}: holds '{kind}' rows, not prompts; for them use: {commands_for_kind(kind)} "
                 "(give online RL a prompt file or a prompts dataset)"
             )
     records = load_prompts(path, limit=limit)
     return records, {"source": str(path.resolve()), "prompts": len(records)}
-
-
-def config_class(trainer: str) -> type:
-    """The TRL config class behind one of our trainers (imports trl)."""
-    import importlib
-
-    where = {
-        "sft": ("trl", "SFTConfig"), "reward": ("trl", "RewardConfig"), "dpo": ("trl", "DPOConfig"),
-        "rloo": ("trl", "RLOOConfig"), "grpo": ("trl", "GRPOConfig"),
-        "ppo": ("trl.experimental.ppo", "PPOConfig"),
-    }
-    if trainer not in where:
-        raise UserInputError(f"trainer '{trainer}' unknown; use one of: {', '.join(where)}")
-    module, name = where[trainer]
-    return getattr(importlib.import_module(module), name)
-
-
-def check_config_fields(trainer: str, fields: dict[str, Any], source: str) -> None:
-    """Reject unknown TRL config keys up front (before any model loads), naming the close ones."""
-    cls = config_class(trainer)
-    valid = {f.name for f in dataclasses.fields(cls) if f.init}
-    for key in fields:
-        if key not in valid:
-            close = _close_names(key, valid)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; see {cls.__name__} in TRL's docs"
-            raise TrainingConfigError(f"{source}: unknown {cls.__name__} field '{key}'{hint}")

@@ -12,17 +12,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cai.errors import UserInputError
-from cai.training.common import (
-    TrainResult,
-    base_summary,
-    build_config,
-    load_policy,
-    load_prompt_records,
-    load_reward_model,
-    lora_config,
-    run_training,
-    save_trained,
-)
+from cai.training.common import TrainResult, load_reward_model, policy_trainer
+from cai.training.runner import train
+from cai.training.spec import ClassRef, TrainerSpec, TrainJob, register_trainer
 
 RewardFunc = Callable[..., list]
 
@@ -58,75 +50,40 @@ def reward_functions(
     return funcs, procs, names
 
 
-def build_group_trainer(
-    name: str,
-    config_cls: type,
-    trainer_cls: type,
-    defaults: dict[str, Any],
-    prompts: Any,
-    policy: str,
-    out_dir: str | Path,
-    *,
-    reward_model: str | None = None,
-    judge: RewardFunc | list[RewardFunc] | None = None,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    lora: bool = False,
-    limit: int | None = None,
-    **overrides: Any,
-) -> tuple[Any, dict[str, Any]]:
-    """An RLOO or GRPO trainer on conversational prompt rows."""
-    from datasets import Dataset
+def _needs_reward(job: TrainJob) -> None:
+    if job.options["reward_model"] is None and job.options["judge"] is None:
+        raise UserInputError(f"{job.spec.command} needs a reward: give --reward-model and/or a judge")
 
-    if reward_model is None and judge is None:
-        raise UserInputError(f"cai train {name} needs a reward: give --reward-model and/or a judge")
-    records, provenance = load_prompt_records(prompts, limit=limit)
-    cfg, settings = build_config(config_cls, out_dir, defaults=defaults, config=config,
-                                 config_file=config_file, overrides=overrides)
-    funcs, procs, names = reward_functions(reward_model, judge)
-    model, tok = load_policy(policy)
-    dataset = Dataset.from_list([{"prompt": r.messages} for r in records])
-    trainer = trainer_cls(
-        model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset, processing_class=tok,
-        reward_processing_classes=procs, peft_config=lora_config("CAUSAL_LM") if lora else None,
+
+def _build(job: TrainJob) -> Any:
+    funcs, procs, names = reward_functions(job.options["reward_model"], job.options["judge"])
+    job.info["reward_functions"] = names
+    return policy_trainer(job, reward_funcs=funcs, reward_processing_classes=procs)
+
+
+def group_spec(name: str, config_class: ClassRef, trainer_class: ClassRef, defaults: dict[str, Any],
+               description: str) -> TrainerSpec:
+    """An RLOO- or GRPO-like trainer: conversational prompt rows, rewarded by a reward model and/or judges."""
+    return TrainerSpec(
+        name=name, config_class=config_class, trainer_class=trainer_class, data_kind="prompts", defaults=defaults,
+        rows=lambda records, job: [{"prompt": r.messages} for r in records], build=_build,
+        summary=lambda trainer, job: {"rewards": [e["reward"] for e in trainer.state.log_history if "reward" in e]},
+        options={"reward_model": None, "judge": None, "limit": None}, check=_needs_reward, description=description,
     )
-    ctx = {"cfg": cfg, "settings": settings, "tokenizer": tok,
-           "data": {**provenance, "reward_functions": names}}
-    return trainer, ctx
 
 
-def finish_group_training(name: str, trainer: Any, ctx: dict[str, Any], policy: str, lora: bool,
-                          out_dir: str | Path) -> TrainResult:
-    seconds = run_training(trainer)
-    summary = base_summary(name, model=policy, settings=ctx["settings"], config=ctx["cfg"], lora=lora,
-                           data=ctx["data"], seconds=seconds, trainer=trainer)
-    summary["rewards"] = [e["reward"] for e in trainer.state.log_history if "reward" in e]
-    return save_trained(trainer.model, ctx["tokenizer"], out_dir, summary)
+GRPO = register_trainer(group_spec(
+    "grpo", "trl:GRPOConfig", "trl:GRPOTrainer", GRPO_DEFAULTS,
+    "GRPO of --model, rewarded by a reward model and/or the constitution judge."))
 
 
-def build_grpo_trainer(prompts: Any, policy: str, out_dir: str | Path, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    from trl import GRPOConfig, GRPOTrainer
-
-    return build_group_trainer("grpo", GRPOConfig, GRPOTrainer, GRPO_DEFAULTS, prompts, policy, out_dir, **kwargs)
-
-
-def train_grpo(
-    prompts: Any,
-    policy: str,
-    out_dir: str | Path,
-    *,
-    reward_model: str | None = None,
-    judge: RewardFunc | list[RewardFunc] | None = None,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    lora: bool = False,
-    limit: int | None = None,
-    **overrides: Any,
-) -> TrainResult:
+def train_grpo(prompts: Any, policy: str, out_dir: str | Path, *, reward_model: str | None = None,
+               judge: RewardFunc | list[RewardFunc] | None = None, config: dict[str, Any] | None = None,
+               config_file: str | Path | None = None, lora: bool = False, limit: int | None = None,
+               **overrides: Any) -> TrainResult:
     """GRPO-train ``policy`` on a prompt set, rewarded by ``reward_model`` and/or ``judge``.
 
     ``overrides`` are GRPOConfig fields (``beta`` is the KL coefficient; TRL's default 0 skips the reference model).
     """
-    trainer, ctx = build_grpo_trainer(prompts, policy, out_dir, reward_model=reward_model, judge=judge,
-                                      config=config, config_file=config_file, lora=lora, limit=limit, **overrides)
-    return finish_group_training("grpo", trainer, ctx, policy, lora, out_dir)
+    return train(GRPO, prompts, policy, out_dir, reward_model=reward_model, judge=judge, config=config,
+                 config_file=config_file, lora=lora, limit=limit, **overrides)

@@ -52,17 +52,10 @@ def strip_launcher_args(argv: Sequence[str]) -> list[str]:
 
 def read_accelerate_config(path: str | Path) -> dict[str, Any]:
     """Load an accelerate YAML config, with a one-line error naming the fix if it is not one."""
-    import yaml
+    from cai.training.config import read_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError(f"accelerate config '{path}' not found; see examples/accelerate/ (ddp.yaml, zero3.yaml, fsdp.yaml)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserInputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path}: an accelerate config must be a YAML mapping")
+    data = read_yaml_mapping(path, what="accelerate settings", not_found=(
+        f"accelerate config '{path}' not found; see examples/accelerate/ (ddp.yaml, zero3.yaml, fsdp.yaml)"))
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise UserInputError(f"{path}: missing {', '.join(missing)}; start from examples/accelerate/ddp.yaml")

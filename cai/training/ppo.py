@@ -12,17 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import UserInputError
-from cai.training.common import (
-    TrainResult,
-    base_summary,
-    build_config,
-    load_policy,
-    load_prompt_records,
-    load_reward_model,
-    lora_config,
-    run_training,
-    save_trained,
-)
+from cai.training.common import TrainResult, load_policy, load_reward_model, lora_config
+from cai.training.runner import train
+from cai.training.spec import TrainerSpec, TrainJob, register_trainer
 
 PPO_DEFAULTS: dict[str, Any] = {
     "learning_rate": 3e-6,
@@ -44,79 +36,62 @@ def _same_vocab(a: Any, b: Any) -> bool:
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
 
 
-def build_ppo_trainer(
-    prompts: Any,
-    policy: str,
-    reward_model: str,
-    out_dir: str | Path,
-    *,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    lora: bool = False,
-    limit: int | None = None,
-    **overrides: Any,
-) -> tuple[Any, dict[str, Any]]:
-    from datasets import Dataset
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+def _build(job: TrainJob) -> Any:
+    """Policy, frozen reference, our reward model, and a value model starting as a copy of it."""
+    import copy
 
-    records, provenance = load_prompt_records(prompts, limit=limit)
-    max_steps = overrides.get("max_steps")
-    cfg, settings = build_config(PPOConfig, out_dir, defaults=PPO_DEFAULTS, config=config,
-                                 config_file=config_file, overrides=overrides)
-    if max_steps and max_steps > 0 and "total_episodes" not in settings:
+    from datasets import Dataset
+
+    cfg, reward_model = job.config, job.options["reward_model"]
+    if job.settings.get("max_steps", -1) > 0 and "total_episodes" not in job.settings:
         # PPOTrainer counts episodes (prompts rolled out), not optimizer steps.
-        cfg.total_episodes = max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    model, tok = load_policy(policy)
+        cfg.total_episodes = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    model, job.tokenizer = load_policy(job.model)
     rm, rtok = load_reward_model(reward_model)
-    if not _same_vocab(tok, rtok):
+    if not _same_vocab(job.tokenizer, rtok):
         raise UserInputError(
-            f"reward model '{reward_model}' uses another tokenizer than policy '{policy}'; "
+            f"reward model '{reward_model}' uses another tokenizer than policy '{job.model}'; "
             "PPO scores token ids directly, so train the reward model from the same base (cai train reward)"
         )
     value, _ = load_reward_model(reward_model)
     ref = None
-    if not lora:
-        ref, _ = load_policy(policy)
+    if not job.lora:
+        ref, _ = load_policy(job.model)
         ref.eval()
     rm.eval()
-    padding_side = tok.padding_side
+    tok = copy.deepcopy(job.tokenizer)  # the saved tokenizer keeps its own padding side
     tok.padding_side = "left"  # generation continues prompts from the right edge
-    trainer = PPOTrainer(
+    job.info["reward_model"] = reward_model
+    return job.spec.trainer_cls()(
         args=cfg, processing_class=tok, model=model, ref_model=ref, reward_model=rm, value_model=value,
-        train_dataset=Dataset.from_list(tokenize_prompts(records, tok)),
-        peft_config=lora_config("CAUSAL_LM") if lora else None,
+        train_dataset=Dataset.from_list(tokenize_prompts(job.rows, tok)),
+        peft_config=lora_config("CAUSAL_LM") if job.lora else None,
     )
-    ctx = {"cfg": cfg, "settings": settings, "tokenizer": tok, "padding_side": padding_side,
-           "data": {**provenance, "reward_model": reward_model}}
-    return trainer, ctx
 
 
-def train_ppo(
-    prompts: Any,
-    policy: str,
-    reward_model: str,
-    out_dir: str | Path,
-    *,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    lora: bool = False,
-    limit: int | None = None,
-    **overrides: Any,
-) -> TrainResult:
+def _summary(trainer: Any, job: TrainJob) -> dict[str, Any]:
+    history = trainer.state.log_history
+    return {"episodes": int(trainer.state.episode),
+            "rewards": [e["objective/scores"] for e in history if "objective/scores" in e],
+            "kl": [e["objective/kl"] for e in history if "objective/kl" in e]}
+
+
+PPO = register_trainer(TrainerSpec(
+    name="ppo", config_class="trl.experimental.ppo:PPOConfig", trainer_class="trl.experimental.ppo:PPOTrainer",
+    data_kind="prompts", defaults=PPO_DEFAULTS, rows=lambda records, job: list(records), build=_build,
+    summary=_summary, options={"reward_model": None, "limit": None}, loss_key="loss/policy_avg",
+    model_attr="policy_model",
+    description="PPO of --model (the SFT policy) against a reward model, with a KL penalty to its frozen copy.",
+))
+
+
+def train_ppo(prompts: Any, policy: str, reward_model: str, out_dir: str | Path, *,
+              config: dict[str, Any] | None = None, config_file: str | Path | None = None, lora: bool = False,
+              limit: int | None = None, **overrides: Any) -> TrainResult:
     """PPO-train ``policy`` on a prompt set (path or list of PromptRecord) against ``reward_model``.
 
     ``overrides`` are PPOConfig fields (``kl_coef``, ``response_length``,
     ``total_episodes``, ...); ``max_steps=N`` means N rollout batches.
     """
-    trainer, ctx = build_ppo_trainer(prompts, policy, reward_model, out_dir, config=config,
-                                     config_file=config_file, lora=lora, limit=limit, **overrides)
-    seconds = run_training(trainer)
-    summary = base_summary("ppo", model=policy, settings=ctx["settings"], config=ctx["cfg"], lora=lora,
-                           data=ctx["data"], seconds=seconds, trainer=trainer, loss_key="loss/policy_avg")
-    history = trainer.state.log_history
-    summary["episodes"] = int(trainer.state.episode)
-    summary["rewards"] = [e["objective/scores"] for e in history if "objective/scores" in e]
-    summary["kl"] = [e["objective/kl"] for e in history if "objective/kl" in e]
-    tok = ctx["tokenizer"]
-    tok.padding_side = ctx["padding_side"]
-    return save_trained(trainer.policy_model, tok, out_dir, summary)
+    return train(PPO, prompts, policy, out_dir, reward_model=reward_model, config=config, config_file=config_file,
+                 lora=lora, limit=limit, **overrides)

@@ -17,19 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import DataError
-from cai.training.common import (
-    TrainResult,
-    as_messages,
-    base_summary,
-    build_config,
-    data_provenance,
-    load_reward_model,
-    lora_config,
-    require_kind,
-    run_training,
-    save_trained,
-    split_eval,
-)
+from cai.training.common import TrainResult, as_messages, load_reward_model, lora_config, split_eval
+from cai.training.runner import train
+from cai.training.spec import TrainerSpec, TrainJob, register_trainer
 
 REWARD_DEFAULTS: dict[str, Any] = {"max_length": 512, "learning_rate": 1e-4}
 SOFT_COLUMN = "p_chosen"
@@ -109,87 +99,68 @@ def _soft_trainer_classes():
     return SoftPreferenceCollator, SoftLabelRewardTrainer
 
 
-def build_reward_trainer(
-    data_dir: str | Path,
-    model: str,
-    out_dir: str | Path,
-    *,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    lora: bool = False,
-    soft_labels: bool | None = None,
-    eval_fraction: float = 0.1,
-    **overrides: Any,
-) -> tuple[Any, dict[str, Any]]:
-    """The reward trainer and its context. ``soft_labels=None`` means: soft when every row has p_chosen."""
-    from datasets import Dataset
-    from trl import RewardConfig
-
-    from cai.data import read_rows
-
-    meta = require_kind(data_dir, "preference", "cai train reward")
-    cfg, settings = build_config(RewardConfig, out_dir, defaults=REWARD_DEFAULTS, config=config,
-                                 config_file=config_file, overrides=overrides)
-    raw = read_rows(data_dir)
+def _rows(raw: list[dict[str, Any]], job: TrainJob) -> list[dict[str, Any]]:
+    """Soft rows when asked for, or (``soft_labels=None``) when every row has p_chosen; hard pairs otherwise."""
     has_soft = bool(raw) and all(row.get(SOFT_COLUMN) is not None for row in raw)
-    if soft_labels and not has_soft:
-        raise DataError(f"{data_dir}: soft labels asked for, but not every row has '{SOFT_COLUMN}'; "
+    if job.options["soft_labels"] and not has_soft:
+        raise DataError(f"{job.source}: soft labels asked for, but not every row has '{SOFT_COLUMN}'; "
                         "drop --soft-labels to train on hard pairs")
-    soft = has_soft if soft_labels is None else soft_labels
-    rows = preference_rows(raw, str(data_dir), keep_soft=soft)
-    train_rows, eval_rows = split_eval(rows, eval_fraction, seed=cfg.seed)
-    rm, tok = load_reward_model(model, from_policy=True)
+    if job.options["soft_labels"] is None:
+        job.options["soft_labels"] = has_soft
+    return preference_rows(raw, job.where, keep_soft=job.options["soft_labels"])
+
+
+def _build(job: TrainJob) -> Any:
+    """A one-output classifier on the policy's weights, trained on a split of the pairs (the rest held out)."""
+    from datasets import Dataset
+
+    cfg = job.config
+    train_rows, eval_rows = split_eval(job.rows, job.options["eval_fraction"], seed=cfg.seed)
+    rm, job.tokenizer = load_reward_model(job.model, from_policy=True)
     collator_cls, trainer_cls = _soft_trainer_classes()
     trainer = trainer_cls(
         model=rm, args=cfg, train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tok,
-        data_collator=collator_cls(pad_token_id=tok.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of),
-        peft_config=lora_config("SEQ_CLS", modules_to_save=["score"]) if lora else None,
+        processing_class=job.tokenizer,
+        data_collator=collator_cls(pad_token_id=job.tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of),
+        peft_config=lora_config("SEQ_CLS", modules_to_save=["score"]) if job.lora else None,
     )
     kept = len(trainer.train_dataset)
-    if kept < len(train_rows):  # RewardTrainer drops (not truncates) pairs over max_length
-        trainer_note = f"{len(train_rows) - kept} training pairs longer than max_length={cfg.max_length} were dropped"
-    else:
-        trainer_note = None
-    ctx = {
-        "cfg": cfg, "settings": settings, "tokenizer": tok, "soft_labels": soft,
-        "data": {**data_provenance(data_dir, meta, len(rows)), "train_pairs": kept, "eval_pairs": len(eval_rows),
-                 "note": trainer_note},
-    }
-    return trainer, ctx
+    if kept == 0:
+        raise DataError(f"{job.source}: no training pairs fit in max_length={cfg.max_length}; raise max_length")
+    dropped = len(train_rows) - kept  # RewardTrainer drops (not truncates) pairs over max_length
+    job.info.update(train_pairs=kept, eval_pairs=len(eval_rows),
+                    note=f"{dropped} training pairs longer than max_length={cfg.max_length} were dropped"
+                    if dropped else None)
+    return trainer
 
 
-def train_reward(
-    data_dir: str | Path,
-    model: str,
-    out_dir: str | Path,
-    *,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    lora: bool = False,
-    soft_labels: bool | None = None,
-    eval_fraction: float = 0.1,
-    **overrides: Any,
-) -> TrainResult:
-    """Train a reward model (a one-output classifier on ``model``'s weights) on preference rows.
-
-    Reports held-out pairwise accuracy (``eval_fraction`` of the pairs, when there
-    are at least 4) as ``summary["eval"]["accuracy"]``.
-    """
-    trainer, ctx = build_reward_trainer(data_dir, model, out_dir, config=config, config_file=config_file,
-                                        lora=lora, soft_labels=soft_labels, eval_fraction=eval_fraction,
-                                        **overrides)
-    if len(trainer.train_dataset) == 0:
-        raise DataError(f"{data_dir}: no training pairs fit in max_length={ctx['cfg'].max_length}; raise max_length")
-    seconds = run_training(trainer)
+def _summary(trainer: Any, job: TrainJob) -> dict[str, Any]:
+    """Held-out pairwise accuracy, when pairs were held out."""
     evaluation = None
     if trainer.eval_dataset is not None and len(trainer.eval_dataset):
         metrics = trainer.evaluate()
         evaluation = {"pairs": len(trainer.eval_dataset), "accuracy": metrics.get("eval_accuracy"),
                       "loss": metrics.get("eval_loss"), "margin": metrics.get("eval_margin")}
-    summary = base_summary("reward", model=model, settings=ctx["settings"], config=ctx["cfg"], lora=lora,
-                           data=ctx["data"], seconds=seconds, trainer=trainer)
-    summary["soft_labels"] = ctx["soft_labels"]
-    summary["eval"] = evaluation
-    return save_trained(trainer.model, ctx["tokenizer"], out_dir, summary)
+    return {"soft_labels": job.options["soft_labels"], "eval": evaluation}
+
+
+REWARD = register_trainer(TrainerSpec(
+    name="reward", config_class="trl:RewardConfig", trainer_class=lambda: _soft_trainer_classes()[1],
+    data_kind="preference", defaults=REWARD_DEFAULTS, rows=_rows, build=_build, summary=_summary,
+    options={"soft_labels": None, "eval_fraction": 0.1},
+    description="A reward model (a one-output head on --model) on AI preference labels.",
+))
+
+
+def train_reward(data_dir: str | Path, model: str, out_dir: str | Path, *, config: dict[str, Any] | None = None,
+                 config_file: str | Path | None = None, lora: bool = False, soft_labels: bool | None = None,
+                 eval_fraction: float = 0.1, **overrides: Any) -> TrainResult:
+    """Train a reward model (a one-output classifier on ``model``'s weights) on preference rows.
+
+    ``soft_labels=None`` means: soft when every row has p_chosen. Reports held-out
+    pairwise accuracy (``eval_fraction`` of the pairs, when there are at least 4)
+    as ``summary["eval"]["accuracy"]``.
+    """
+    return train(REWARD, data_dir, model, out_dir, config=config, config_file=config_file, lora=lora,
+                 soft_labels=soft_labels, eval_fraction=eval_fraction, **overrides)

@@ -6,34 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from cai.training.common import TrainResult
-from cai.training.grpo import GROUP_DEFAULTS, RewardFunc, build_group_trainer, finish_group_training
+from cai.training.grpo import GROUP_DEFAULTS, RewardFunc, group_spec
+from cai.training.runner import train
+from cai.training.spec import register_trainer
 
-RLOO_DEFAULTS: dict[str, Any] = {**GROUP_DEFAULTS, "learning_rate": 1e-6}
-
-
-def build_rloo_trainer(prompts: Any, policy: str, out_dir: str | Path, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    from trl import RLOOConfig, RLOOTrainer
-
-    return build_group_trainer("rloo", RLOOConfig, RLOOTrainer, RLOO_DEFAULTS, prompts, policy, out_dir, **kwargs)
+RLOO = register_trainer(group_spec(
+    "rloo", "trl:RLOOConfig", "trl:RLOOTrainer", {**GROUP_DEFAULTS, "learning_rate": 1e-6},
+    "RLOO of --model, rewarded by a reward model and/or the constitution judge."))
 
 
-def train_rloo(
-    prompts: Any,
-    policy: str,
-    out_dir: str | Path,
-    *,
-    reward_model: str | None = None,
-    judge: RewardFunc | list[RewardFunc] | None = None,
-    config: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    lora: bool = False,
-    limit: int | None = None,
-    **overrides: Any,
-) -> TrainResult:
+def train_rloo(prompts: Any, policy: str, out_dir: str | Path, *, reward_model: str | None = None,
+               judge: RewardFunc | list[RewardFunc] | None = None, config: dict[str, Any] | None = None,
+               config_file: str | Path | None = None, lora: bool = False, limit: int | None = None,
+               **overrides: Any) -> TrainResult:
     """RLOO-train ``policy`` on a prompt set, rewarded by ``reward_model`` and/or ``judge``.
 
     ``overrides`` are RLOOConfig fields (``beta`` is the KL coefficient, TRL default 0.05).
     """
-    trainer, ctx = build_rloo_trainer(prompts, policy, out_dir, reward_model=reward_model, judge=judge,
-                                      config=config, config_file=config_file, lora=lora, limit=limit, **overrides)
-    return finish_group_training("rloo", trainer, ctx, policy, lora, out_dir)
+    return train(RLOO, prompts, policy, out_dir, reward_model=reward_model, judge=judge, config=config,
+                 config_file=config_file, lora=lora, limit=limit, **overrides)

@@ -1,0 +1,88 @@
+"""One `train(spec, ...)` for every trainer: checks first, then seed, build, train, save.
+
+Order matters: the spec's option check, the dataset kind and rows, and the TRL
+config (fields and values) are all checked before any model loads, so a bad
+setting costs nothing. Seeds are set before the models load, so a freshly
+initialised head (the reward model's score layer) or LoRA adapter starts the
+same on every run: same seed, same data, same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cai.training.common import (
+    TrainResult,
+    base_summary,
+    data_provenance,
+    load_prompt_records,
+    require_kind,
+    run_training,
+    save_trained,
+)
+from cai.training.config import build_config
+from cai.training.spec import TrainerSpec, TrainJob, get_trainer
+
+
+def load_input(job: TrainJob) -> list[Any]:
+    """The rows (or prompt records) the spec's kind says to read; fills ``job.info`` with their provenance."""
+    spec = job.spec
+    if spec.data_kind == "prompts":
+        records, job.info = load_prompt_records(job.source, limit=job.options.get("limit"))
+        return records
+    from cai.data import read_rows
+
+    meta = require_kind(job.source, spec.data_kind, spec.command)
+    raw = read_rows(job.source)
+    job.info = data_provenance(job.source, meta, len(raw))
+    return raw
+
+
+def seed_everything(cfg: Any) -> None:
+    """Seed python, numpy and torch from the config (full determinism when it asks for it)."""
+    from transformers import enable_full_determinism, set_seed
+
+    if getattr(cfg, "full_determinism", False):
+        enable_full_determinism(cfg.seed)
+    else:
+        set_seed(cfg.seed)
+
+
+def build_trainer(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *,
+                  config: dict[str, Any] | None = None, config_file: str | Path | None = None, lora: bool = False,
+                  **kwargs: Any) -> tuple[Any, TrainJob]:
+    """The spec's TRL trainer, ready to train, and its job (tests inspect both).
+
+    ``kwargs`` are the spec's own options (``spec.options``) and config fields (overrides).
+    """
+    spec = get_trainer(spec)
+    options = {**spec.options, **{k: kwargs.pop(k) for k in list(kwargs) if k in spec.options}}
+    job = TrainJob(spec=spec, source=data, model=model, out_dir=Path(out_dir), lora=lora, options=options)
+    if spec.check is not None:
+        spec.check(job)
+    raw = load_input(job)
+    job.config, job.settings = build_config(spec.config_cls(), out_dir, defaults=dict(spec.defaults), config=config,
+                                            config_file=config_file, overrides=kwargs)
+    job.rows = spec.rows(raw, job)
+    seed_everything(job.config)
+    return spec.build(job), job
+
+
+def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, **kwargs: Any) -> TrainResult:
+    """Train ``model`` with a registered trainer (a name or a `TrainerSpec`) on ``data``; save to ``out_dir``.
+
+    ``data`` is what the spec's ``data_kind`` says: a cai dataset directory, or a
+    prompt set (path or list of PromptRecord). ``kwargs`` are those of `build_trainer`:
+    ``config`` (a dict of fields), ``config_file`` (YAML), ``lora``, the spec's own
+    options, and TRL config fields as overrides (``max_steps=3``, ``learning_rate=1e-4``).
+    """
+    trainer, job = build_trainer(spec, data, model, out_dir, **kwargs)
+    seconds = run_training(trainer)
+    summary = base_summary(job.spec.name, model=model, settings=job.settings, config=job.config, lora=job.lora,
+                           data=job.info, seconds=seconds, trainer=trainer, loss_key=job.spec.loss_key)
+    summary.update(job.spec.summary(trainer, job))
+    return save_trained(getattr(trainer, job.spec.model_attr), job.tokenizer, out_dir, summary)
+
+
+__all__ = ["train", "build_trainer", "load_input", "seed_everything"]
