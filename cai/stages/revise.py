@@ -16,8 +16,6 @@ revision becomes a failure row with the raw text.
 from __future__ import annotations
 
 import random
-import re
-from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,9 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends.base import Backend, Generation, SamplingParams, provenance
 from cai.constitution import Constitution, Principle
-from cai.data import DatasetWriter, PromptRecord, read_jsonl, stable_hash
+from cai.data import PromptRecord, stable_hash
 from cai.errors import UserInputError
 from cai.stages.responses import policy_conversation, record_messages
+from cai.stages.revision_pairs import PREFERENCE_DIR, preference_row, write_preference_view  # noqa: F401
+from cai.stages.revision_checks import Gates, clean_output, degenerate_reason, exemplar_overlap  # noqa: F401
 from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
 from cai.templates import TEMPLATE_VARIABLES, Conversation, PromptTemplates
 
@@ -35,7 +35,6 @@ RESPONSE_TEMPLATE = "initial_response"
 CRITIQUE_TEMPLATE = "critique"
 REVISION_TEMPLATE = "revision"
 TEMPLATES = (RESPONSE_TEMPLATE, CRITIQUE_TEMPLATE, REVISION_TEMPLATE)
-PREFERENCE_DIR = "preference"
 #: Greedy retries would repeat the same output; they sample at this temperature instead.
 RETRY_TEMPERATURE = 0.7
 
@@ -49,19 +48,6 @@ class Sampling(BaseModel):
     temperature: float = Field(0.7, ge=0, description="0 means greedy.")
     top_p: float = Field(0.95, gt=0, le=1)
     seed: int | None = Field(None, description="Default: ReviseConfig.seed.")
-
-
-class Gates(BaseModel):
-    """Quality gates on critiques and revisions: a failing one is recorded with its reason, never trained on."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    exemplar_overlap: float | None = Field(
-        0.5, gt=0, le=1, description="Reject a critique/revision when this share of its word 4-grams comes from a "
-                                     "few-shot exemplar (a small critic copies them); null turns it off.")
-    prompt_overlap: bool = Field(
-        True, description="Reject a revision that is not a refusal and shares no content word with the prompt "
-                          "or the response (it ignores the prompt).")
 
 
 class ReviseConfig(BaseModel):
@@ -87,119 +73,6 @@ class ReviseConfig(BaseModel):
         salt = {"response": 0, "critique": 7919, "revision": 15838}.get(kind, 0)
         seed = (s.seed if s.seed is not None else self.seed) + offset + salt
         return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=seed)
-
-
-# --- degenerate outputs ----------------------------------------------------------------
-
-_LABEL = re.compile(r"^\s*(critique|revision|rewritten response|revised response)\s*:\s*", re.IGNORECASE)
-
-
-def clean_output(text: str) -> str:
-    """Strip whitespace and a leading 'Critique:'/'Revision:' label some models add."""
-    return _LABEL.sub("", text.strip(), count=1).strip()
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def _similar(a: str, b: str, threshold: float = 0.9) -> bool:
-    na, nb = _norm(a), _norm(b)
-    if not na or not nb:
-        return na == nb
-    if na == nb:
-        return True
-    return SequenceMatcher(None, na, nb, autojunk=False).ratio() >= threshold
-
-
-def _repeats(text: str, request: str) -> bool:
-    """The text is the request, near enough, or the request plus a few words (e.g. our 'Answer in ...')."""
-    nt, nr = _norm(text), _norm(request)
-    return _similar(text, request) or (bool(nr) and nr in nt and len(nt) <= 2 * len(nr))
-
-
-def _repetitive(text: str) -> bool:
-    # A model stuck in a loop: long output made of very few distinct 4-grams.
-    words = _norm(text).split()
-    if len(words) < 16:
-        return False
-    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
-    return len(set(grams)) / len(grams) < 0.35
-
-
-_STOP = frozenset("""a an and are as at be but by can could do does for from has have how i if in into is it
-its me my of on or our should so than that the their them then there these they this to was we what when where
-which who why will with would you your about just like some any been not no yes""".split())
-
-
-def _content_words(text: str) -> set[str]:
-    return {w for w in _norm(text).split() if len(w) >= 4 and w not in _STOP}
-
-
-def _grams(text: str, n: int = 4) -> list[tuple[str, ...]]:
-    words = _norm(text).split()
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
-def exemplar_overlap(text: str, exemplar_texts: Sequence[str]) -> float:
-    """Share of the text's word 4-grams that occur in the exemplar texts (0 when it is too short to tell)."""
-    grams = _grams(text)
-    if not grams:
-        return 0.0
-    pool = {g for t in exemplar_texts for g in _grams(t)}
-    return sum(g in pool for g in grams) / len(grams)
-
-
-def gate_reason(kind: str, text: str, *, gates: "Gates", prompt: str, response: str,
-                exemplar_texts: Sequence[str], is_refusal: Callable[[str], bool] | None = None) -> str | None:
-    """Why a critique or revision fails a quality gate (see `Gates`), or None."""
-    if gates.exemplar_overlap is not None and exemplar_texts:
-        if exemplar_overlap(text, exemplar_texts) >= gates.exemplar_overlap:
-            return "copies_exemplar"
-    # Critiques speak about "the response" in the abstract, so only revisions must touch the prompt.
-    if gates.prompt_overlap and prompt and kind == "revision":
-        if is_refusal is not None and is_refusal(text):
-            return None  # a refusal need not repeat the request's words
-        if not (_content_words(text) & (_content_words(prompt) | _content_words(response))):
-            return "ignores_prompt"
-    return None
-
-
-def degenerate_reason(
-    kind: str,
-    text: str,
-    *,
-    principle: Principle | None = None,
-    response: str = "",
-    critique: str = "",
-    prompt: str = "",
-    gates: "Gates | None" = None,
-    exemplar_texts: Sequence[str] = (),
-    is_refusal: Callable[[str], bool] | None = None,
-) -> str | None:
-    """Why ``text`` (a response, critique or revision) is unusable, or None if it is fine."""
-    if not _norm(text):
-        return "empty"
-    if kind == "critique" and principle is not None:
-        if _repeats(text, principle.critique_request):
-            return "repeats_request"
-        if response and _similar(text, response):
-            return "echoes_response"
-    if kind == "revision":
-        if response and _norm(text) == _norm(response):
-            return "identical_to_response"
-        if principle is not None and (
-            _repeats(text, principle.revision_request) or _repeats(text, principle.critique_request)
-        ):
-            return "repeats_request"
-        if critique and _similar(text, critique):
-            return "echoes_critique"
-    if _repetitive(text):
-        return "repetitive"
-    if gates is not None and kind in ("critique", "revision"):
-        return gate_reason(kind, text, gates=gates, prompt=prompt, response=response,
-                           exemplar_texts=exemplar_texts, is_refusal=is_refusal)
-    return None
 
 
 # --- conversations ---------------------------------------------------------------------
@@ -462,38 +335,6 @@ def fingerprint(
         "config": config.model_dump(mode="json"),
         "constitution": constitution.provenance(),
     }
-
-
-def preference_row(row: dict[str, Any]) -> dict[str, Any]:
-    """revision ≻ initial, as a TRL explicit-prompt conversational preference row."""
-    return {
-        "id": row.get("source_id", row["id"]),
-        "prompt": row["messages"][:-1],
-        "chosen": [{"role": "assistant", "content": row["revision"]}],
-        "rejected": [{"role": "assistant", "content": row["initial_response"]}],
-        "p_chosen": 1.0,
-        "principle_ids": row["principle_ids"],
-        "label_source": "revision",
-        "source": "revision_over_initial",
-    }
-
-
-def write_preference_view(out_dir: str | Path, fp: dict[str, Any], provenance_: dict[str, Any]) -> int:
-    """Rebuild out_dir/preference from data.jsonl (streamed), so it always matches the SFT rows."""
-    out_dir = Path(out_dir)
-    writer = DatasetWriter(out_dir / PREFERENCE_DIR, kind="preference", fingerprint=fp,
-                           provenance=provenance_, overwrite=True)
-    n = 0
-    chunk: list[dict[str, Any]] = []
-    for row in read_jsonl(out_dir / "data.jsonl"):
-        if row.get("final", True):
-            chunk.append(preference_row(row))
-        if len(chunk) >= 256:
-            n += writer.write(chunk)
-            chunk = []
-    n += writer.write(chunk)
-    writer.finalize({"pairs": n, "derived_from": "../data.jsonl"}, title="cai revisions: preference view (revision ≻ initial)")
-    return n
 
 
 def run_revisions(
