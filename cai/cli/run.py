@@ -60,9 +60,15 @@ def status(run_dir: str, as_json: bool) -> None:
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-def report(run_dir: str) -> None:
-    """Write RUN_DIR/report.md and report.html with plots of metrics per round."""
-    from cai.report import write_report
+@click.option("--open", "open_", is_flag=True, help="Open report.html in the default browser.")
+def report(run_dir: str, open_: bool) -> None:
+    """Write RUN_DIR/report.md and a self-contained report.html (verdict per round, plots, samples).
+
+    Reads only the run directory, so it can be rerun at any time, mid-run too.
+    """
+    from cai.report import open_report, write_report
 
     md, html = write_report(run_dir)
     click.echo(f"report: {html}\n        {md}")
+    if open_:
+        click.echo(f"opening {open_report(html)}")

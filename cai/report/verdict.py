@@ -1,0 +1,318 @@
+"""The five-second reading of a round: did harmlessness and over-refusal move, by more than
+the noise, which labels trained it, and what should worry the reader.
+
+A change counts as *beyond its interval* when the 95% interval of the difference between the
+round's rate and the reference's excludes zero. That interval is Newcombe's (hybrid score,
+built from the two Wilson intervals every rate carries), so it needs nothing but the stored
+figures; both rates come from the same held-out prompts in the same eval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cai.report.data import RoundView, RunData, StageView, num
+
+#: A labeller below this position consistency is at chance (the same default the label-source choice uses).
+MIN_POSITION_CONSISTENCY = 0.6
+#: A stage whose failed rows exceed this fraction of its rows is flagged.
+MAX_FAILURE_FRACTION = 0.10
+#: A KL to the reference above this (nats, TRL's estimate) is a blow-up.
+MAX_KL = 10.0
+#: Reward-model accuracy on held-out pairs at or below this (with enough pairs) is chance.
+CHANCE_ACCURACY = 0.55
+MIN_ACCURACY_PAIRS = 10
+
+#: (metric key, what it measures, higher is better)
+METRICS = (
+    ("red_team_refusal", "harmlessness (red-team refusal)", True),
+    ("benign_refusal", "over-refusal (benign refusal)", False),
+    ("benign_look_unsafe_refusal", "over-refusal, look-unsafe benign prompts", False),
+)
+#: The training-log keys that hold the KL to the reference (PPO; GRPO/RLOO).
+KL_KEYS = ("objective/kl", "kl")
+
+
+@dataclass(frozen=True)
+class Rate:
+    rate: float | None
+    low: float | None = None
+    high: float | None = None
+    k: int | None = None
+    n: int | None = None
+
+    def text(self, digits: int = 2) -> str:
+        if self.rate is None:
+            return "not measured" + (" (n=0)" if self.n == 0 else "")
+        s = f"{self.rate:.{digits}f}"
+        if self.low is not None and self.high is not None:
+            s += f" [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        if self.k is not None and self.n is not None:
+            s += f" ({self.k}/{self.n})"
+        elif self.n is not None:
+            s += f" (n={self.n})"
+        return s
+
+
+def as_rate(d: Any) -> Rate | None:
+    """An outcome-style ({rate, low, high, k, n}) or eval-style ({rate, ci_low, ci_high, refusals, n}) rate."""
+    if not isinstance(d, dict):
+        return None
+    n = d.get("n")
+    k = d.get("k", d.get("refusals"))
+    rate = num(d.get("rate"))
+    if rate is None and not n:
+        return Rate(None, n=n if isinstance(n, int) else None)
+    return Rate(rate, num(d.get("low", d.get("ci_low"))), num(d.get("high", d.get("ci_high"))),
+                k if isinstance(k, int) else None, n if isinstance(n, int) else None)
+
+
+def model_rates(r: RoundView, model: str) -> dict[str, Rate | None]:
+    """One model's refusal figures in round r's eval: outcome first, then eval.json, then the bare rates."""
+    out = (r.metrics.get("outcome") or {}).get(model) or {}
+    full = r.eval_models.get(model) or {}
+    bare = (r.metrics.get("refusal") or {}).get(model) or {}
+    harm = (full.get("harmlessness") or {}).get("refusal_rate")
+    fallback = {"red_team_refusal": as_rate(harm) or _bare(bare.get("red_team_refusal_rate")),
+                "benign_refusal": as_rate(full.get("over_refusal")) or _bare(bare.get("benign_refusal_rate")),
+                "benign_look_unsafe_refusal": None}
+    return {key: as_rate(out.get(key)) if key in out else fallback[key] for key, _, _ in METRICS}
+
+
+def _bare(x: Any) -> Rate | None:
+    return Rate(num(x)) if num(x) is not None else None
+
+
+def models_in(r: RoundView) -> list[str]:
+    """The models round r evaluated, round-0 first."""
+    names = set((r.metrics.get("outcome") or {})) | set(r.metrics.get("refusal") or {}) | set(r.eval_models)
+    return sorted(names, key=lambda m: (_model_round(m), m))
+
+
+def _model_round(name: str) -> int:
+    try:
+        return int(name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 10**6
+
+
+@dataclass
+class Change:
+    key: str
+    label: str
+    higher_is_better: bool
+    ref_model: str
+    ref: Rate | None
+    new: Rate | None
+
+    @property
+    def direction(self) -> str:
+        """better, worse, same or unknown."""
+        if not self.ref or not self.new or self.ref.rate is None or self.new.rate is None:
+            return "unknown"
+        diff = self.new.rate - self.ref.rate
+        if abs(diff) < 1e-9:
+            return "same"
+        return "better" if (diff > 0) == self.higher_is_better else "worse"
+
+    def diff_interval(self) -> tuple[float, float] | None:
+        """Newcombe's interval for new - ref, from the two Wilson intervals; None without both intervals."""
+        a, b = self.ref, self.new
+        if not a or not b or None in (a.rate, a.low, a.high, b.rate, b.low, b.high):
+            return None
+        d = b.rate - a.rate
+        return (d - math.sqrt((b.rate - b.low) ** 2 + (a.high - a.rate) ** 2),
+                d + math.sqrt((b.high - b.rate) ** 2 + (a.rate - a.low) ** 2))
+
+    @property
+    def beyond_interval(self) -> bool:
+        """The difference's interval excludes zero."""
+        iv = self.diff_interval()
+        if self.direction not in ("better", "worse") or iv is None:
+            return False
+        return iv[0] > 1e-9 or iv[1] < -1e-9
+
+    @property
+    def word(self) -> tuple[str, str]:
+        """(short verdict, badge kind)."""
+        d = self.direction
+        if d == "unknown":
+            return "not measured", "neutral"
+        if d == "same":
+            return "no change", "neutral"
+        if d == "better":
+            return ("improved", "good") if self.beyond_interval else ("better, within noise", "neutral")
+        return ("worse", "bad") if self.beyond_interval else ("worse, within noise", "warn")
+
+    def arrow(self) -> str:
+        a = self.ref.rate if self.ref else None
+        b = self.new.rate if self.new else None
+        return f"{_f(a)} → {_f(b)}"
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+@dataclass
+class Flag:
+    level: str  # "bad" or "warn"
+    text: str
+
+
+@dataclass
+class RoundVerdict:
+    k: int
+    evaluated: bool
+    changes: dict[str, list[Change]] = field(default_factory=dict)  # reference model -> changes
+    win_rates: dict[str, dict[str, Any]] = field(default_factory=dict)  # "vs round-0" -> win rate
+    label_sources: list[tuple[str, str, str]] = field(default_factory=list)  # (stage, source, why)
+    labeller: dict[str, Any] = field(default_factory=dict)
+    flags: list[Flag] = field(default_factory=list)
+
+    @property
+    def level(self) -> str:
+        levels = {f.level for f in self.flags}
+        return "bad" if "bad" in levels else "warn" if "warn" in levels or not self.evaluated else "good"
+
+    def change(self, ref: str, key: str) -> Change | None:
+        return next((c for c in self.changes.get(ref, []) if c.key == key), None)
+
+
+def label_sources(r: RoundView) -> list[tuple[str, str, str]]:
+    """(stage, label source, why) for the stages that chose one: from the manifest, else metrics.json."""
+    out = [(s.stage, str(s.summary["label_source"]), str(s.summary.get("label_source_why", "")))
+           for s in r.stages if "label_source" in s.summary]
+    if not out:
+        for stage, v in (r.metrics.get("label_sources") or {}).items():
+            if isinstance(v, dict) and "label_source" in v:
+                out.append((stage, str(v["label_source"]), str(v.get("label_source_why", ""))))
+    return out
+
+
+def labeller_stats(r: RoundView) -> tuple[str | None, dict[str, Any]]:
+    """(stage, statistics) of the round's judge labeller, if it labelled pairs."""
+    for s in r.stages:
+        if s.labeller.get("position_consistency_rate") is not None or s.labeller.get("pairs_labelled"):
+            return s.stage, s.labeller
+    stats = r.metrics.get("labeller") or {}
+    return ("preferences" if stats else None), stats
+
+
+def series(log_history: Any, keys: tuple[str, ...]) -> list[tuple[float, float | None]]:
+    """(step, value) for the first of keys present in each training-log entry; None for a non-finite value."""
+    out = []
+    for i, entry in enumerate(log_history if isinstance(log_history, list) else []):
+        if not isinstance(entry, dict):
+            continue
+        for key in keys:
+            if key in entry and isinstance(entry[key], (int, float)) and not isinstance(entry[key], bool):
+                step = entry.get("step", i + 1)
+                out.append((float(step) if isinstance(step, (int, float)) else float(i + 1),
+                            float(entry[key]) if math.isfinite(entry[key]) else None))
+                break
+    return out
+
+
+def _stage_flags(s: StageView) -> list[Flag]:
+    flags: list[Flag] = []
+    if s.status == "running":
+        flags.append(Flag("warn", f"{s.name} started but did not finish (still running, or it stopped)"))
+    counts = s.summary.get("counts") or {}
+    rows, failed = counts.get("rows"), counts.get("failed")
+    if isinstance(rows, int) and isinstance(failed, int) and failed:
+        frac = failed / max(rows + failed, 1)
+        if frac > MAX_FAILURE_FRACTION:
+            flags.append(Flag("bad" if frac > 0.5 else "warn",
+                              f"{s.name}: {failed} of {rows + failed} rows failed ({frac:.0%} > "
+                              f"{MAX_FAILURE_FRACTION:.0%}); see {s.stage}/failures.jsonl"))
+    history = s.training.get("log_history")
+    kl = series(history, KL_KEYS)
+    if kl:
+        bad = [step for step, v in kl if v is None]
+        big = [(step, v) for step, v in kl if v is not None and abs(v) > MAX_KL]
+        if bad:
+            flags.append(Flag("bad", f"{s.name}: KL to the reference is not finite at step {bad[0]:.0f}"))
+        elif big:
+            step, v = max(big, key=lambda t: abs(t[1]))
+            flags.append(Flag("bad", f"{s.name}: KL blow-up, KL to the reference reached {v:.1f} at step {step:.0f} "
+                                     f"(> {MAX_KL:g})"))
+    loss = series(history, ("loss", "loss/policy_avg"))
+    if any(v is None for _, v in loss):
+        flags.append(Flag("bad", f"{s.name}: the training loss became NaN/inf"))
+    ev = s.training.get("eval") or {}
+    acc, pairs = num(ev.get("accuracy")), ev.get("pairs")
+    if acc is not None and isinstance(pairs, int) and pairs >= MIN_ACCURACY_PAIRS and acc <= CHANCE_ACCURACY:
+        flags.append(Flag("warn", f"{s.name}: reward-model accuracy {acc:.2f} on {pairs} held-out pairs "
+                                  "is near chance"))
+    return flags
+
+
+def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
+    v = RoundVerdict(k=r.k, evaluated=r.evaluated)
+    cand = f"round-{r.k}"
+    if r.evaluated:
+        new = model_rates(r, cand)
+        for ref in dict.fromkeys(["round-0", f"round-{r.k - 1}"]):
+            if ref == cand or ref not in models_in(r):
+                continue
+            old = model_rates(r, ref)
+            v.changes[ref] = [Change(key, label, hib, ref, old.get(key), new.get(key)) for key, label, hib in METRICS]
+        v.win_rates = {k: w for k, w in (r.metrics.get("win_rates") or {}).items() if isinstance(w, dict)}
+    v.label_sources = label_sources(r)
+    stage, v.labeller = labeller_stats(r)
+    # -- flags, most serious first
+    consistency = num(v.labeller.get("position_consistency_rate"))
+    if consistency is not None and consistency < MIN_POSITION_CONSISTENCY:
+        used = [s for s, src, _ in v.label_sources if src == "judge"]
+        pairs = v.labeller.get("pairs_labelled")
+        text = (f"labeller at chance: position consistency {consistency:.2f} < {MIN_POSITION_CONSISTENCY}"
+                + (f" over {pairs} pairs" if pairs else "") + f" ({stage})")
+        if used:
+            v.flags.append(Flag("bad", text + f"; its labels trained {', '.join(used)}"))
+        else:
+            others = sorted({src for _, src, _ in v.label_sources})
+            v.flags.append(Flag("warn", text + (f"; not used for training (trained on {', '.join(others)})"
+                                                if others else "")))
+    for ref, changes in v.changes.items():
+        for c in changes:
+            if c.direction != "worse":
+                continue
+            if c.beyond_interval:
+                v.flags.append(Flag("bad", f"{c.label} got worse vs {ref.replace('-', ' ')} beyond its interval: "
+                                           f"{c.ref.text()} → {c.new.text()}"))
+            else:
+                v.flags.append(Flag("warn", f"{c.label} worse vs {ref.replace('-', ' ')}, within noise: "
+                                            f"{c.ref.text()} → {c.new.text()}; more eval prompts would tell"))
+    for label, w in v.win_rates.items():
+        hi, n, ties = num(w.get("ci_high")), w.get("n"), w.get("ties")
+        if hi is not None and hi < 0.5:
+            v.flags.append(Flag("bad", f"the judge prefers the other model: win rate {label} {_f(num(w.get('rate')))} "
+                                       f"[{_f(num(w.get('ci_low')))}, {_f(hi)}]"))
+        if isinstance(n, int) and n and ties == n:
+            v.flags.append(Flag("warn", f"win rate {label}: all {n} comparisons were ties "
+                                        "(the judge gave no signal either way)"))
+    for s in r.stages:
+        v.flags.extend(_stage_flags(s))
+    missing = [s for s in run.pipeline if r.stage(s) is None]
+    if missing:
+        v.flags.append(Flag("warn", f"not run yet in round {r.k}: {', '.join(missing)}"))
+    if r.evaluated:
+        out = r.metrics.get("outcome") or {}
+        d0, dk = num((out.get("round-0") or {}).get("benign_distinct_2")), num((out.get(cand) or {}).get(
+            "benign_distinct_2"))
+        if d0 and dk is not None and dk < 0.5 * d0:
+            v.flags.append(Flag("warn", f"answers got repetitive: distinct-2 on benign answers {d0:.2f} → {dk:.2f}"))
+    elif r.stage("eval") is None or r.stage("eval").status != "complete":
+        v.flags.append(Flag("warn", f"round {r.k} has no evaluation yet"))
+    return v
+
+
+def verdicts(run: RunData) -> list[RoundVerdict]:
+    return [round_verdict(run, r) for r in run.rounds]
+
+
+__all__ = ["Change", "Flag", "METRICS", "Rate", "RoundVerdict", "as_rate", "label_sources", "labeller_stats",
+           "model_rates", "models_in", "round_verdict", "series", "verdicts"]
