@@ -1,4 +1,4 @@
-"""`cai serve`: an OpenAI-compatible chat completions server over a cai backend."""
+"""`cai serve`: an OpenAI-compatible server (chat completions, completions, models) over a cai backend."""
 
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ from cai.cli.options import make_backend_from_options, model_options
               help="Environment variable holding the key clients must send as a Bearer token.")
 def serve(model, backend_kind, batch_size, device, dtype, host, port, served_model_name, max_batch,
           batch_wait_ms, api_key_env) -> None:
-    """Serve a model at http://HOST:PORT/v1 (chat completions with logprobs, and /v1/models).
+    """Serve a model at http://HOST:PORT/v1, OpenAI-compatible.
 
-    Any OpenAI-compatible client works, including cai's own `--backend openai`.
+    /v1/chat/completions and /v1/completions (streaming, n, stop, seed, log-probs of
+    the sampled tokens), /v1/models, /v1/models/ID and /health. Unsupported fields
+    (response_format, tools, penalties, ...) are refused with a 400. Any
+    OpenAI-compatible client works: the openai package, `llm`, cai's own `--backend openai`.
     """
     from cai.serve import ChatServer
 
