@@ -33,3 +33,20 @@ bench: install
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
+
+# The report as a browser shows it (issue 19): headless Chromium, installed once with apt
+# (a few minutes), loads report.html of synthetic runs and checks the page: no raw
+# Markdown, every image loads, the verdict is there. Screenshots go to REPORT_SHOTS;
+# REPORT_RUN=runs/quickstart checks (and rewrites the report of) a real run too.
+CHROMIUM     ?= /usr/bin/chromium
+REPORT_SHOTS ?= build/report-check
+SUDO         ?= $(shell test "$$(id -u)" = 0 || echo sudo)
+.PHONY: report-check chromium
+chromium:
+	@test -x $(CHROMIUM) || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
+
+report-check: install chromium
+	CAI_CHROMIUM=$(CHROMIUM) CAI_REPORT_SCREENSHOT_DIR=$(REPORT_SHOTS) CAI_REPORT_RUN=$(REPORT_RUN) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_report_browser.py
+	@echo "screenshots: $(REPORT_SHOTS)/"

@@ -80,8 +80,9 @@ def plot_outcome(run: RunData) -> bytes | None:
                 _errbar(ax, j + offset, rate, COLOURS[i + (0 if key == "red_team_refusal" else 1)],
                         names[key] if n_i == 0 else None, marker="os"[i])
                 n = f"{rate.k}/{rate.n}" if rate.k is not None and rate.n is not None else ""
-                ax.annotate(n, (j + offset, rate.rate), textcoords="offset points", xytext=(7, -3), fontsize=7.5,
-                            color="#444")
+                left = len(keys) > 1 and i == 0  # two series side by side: labels on the outer sides
+                ax.annotate(n, (j + offset, rate.rate), textcoords="offset points", xytext=(-7 if left else 7, -3),
+                            ha="right" if left else "left", fontsize=7.5, color="#444")
             xs = [j + offset for j, _ in points[key]]
             ys = [rate.rate for _, rate in points[key]]
             if len(xs) > 1:
