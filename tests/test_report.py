@@ -246,3 +246,23 @@ def test_html_has_no_unescaped_run_text(new_run):
     assert tags <= {"h1", "h2", "h3", "h4", "p", "ul", "li", "table", "thead", "tbody", "tr", "th", "td", "figure",
                     "img", "figcaption", "pre", "code", "div", "span", "strong", "body", "html"}
     assert htmllib.escape(HOSTILE.splitlines()[0]) in raw
+
+
+def test_kl_limits_per_trainer_key_and_non_finite_kl(tmp_path):
+    d = tmp_path / "run"
+    stages = {}
+    for name, trainer, kl in (("grpo", "grpo", [0.01, 0.2, 3.0]), ("ppo", "ppo", [1.0, 12.0, 15.0]),
+                              ("nan", "ppo", [1.0, float("nan"), 2.0])):
+        key = "kl" if trainer == "grpo" else "objective/kl"
+        (d / "round-1" / name).mkdir(parents=True)
+        (d / "round-1" / name / "training_summary.json").write_text(
+            json.dumps(training_summary(trainer, 3, {key: kl, "loss": [1.0, 0.9, 0.8]})))
+        stages[f"round-1/{name}"] = {"status": "complete", "output": f"round-1/{name}", "summary": {}}
+    (d / "manifest.json").write_text(json.dumps({"name": "kl", "rounds": 1, "pipeline": list(
+        s.split("/")[1] for s in stages), "stages": stages}))
+    (v,) = verdicts(collect(d))
+    kl = [f.text for f in v.flags if "KL" in f.text]
+    assert any("round-1/grpo: KL blow-up" in t and "3.0" in t and "per token" in t for t in kl)
+    assert not any("round-1/ppo" in t for t in kl)  # 15 nats summed over a sequence is within its limit
+    assert any("round-1/nan: KL to the reference is not finite at step 2" in t for t in kl)
+    write_report(d)

@@ -10,7 +10,7 @@ from cai.report.data import RunData, StageView, load_json, num
 from cai.report.doc import Badge, Block, Box, Bullets, Code, Columns, Figure, Heading, Mono, Para, Quote, Strong, Table
 from cai.report.samples import Sample, choose_samples, counts
 from cai.report.verdict import (
-    MAX_FAILURE_FRACTION, MAX_KL, METRICS, MIN_POSITION_CONSISTENCY, Change, RoundVerdict, label_sources,
+    KL_LIMITS, MAX_FAILURE_FRACTION, METRICS, MIN_POSITION_CONSISTENCY, Change, RoundVerdict, label_sources,
     labeller_stats, model_rates, verdicts,
 )
 
@@ -226,7 +226,8 @@ def training_section(run: RunData, figs: Figures) -> list[Block]:
                      _f(t.get("final_loss"), 4), _eval_text(s)])
     blocks.append(Table(["stage", "trainer", "steps", "seconds", "final loss", "held-out"], rows))
     blocks.append(Para(f"KL is TRL's per-batch sampled estimate of KL(policy ‖ reference) (it can dip below zero); "
-                       f"above {MAX_KL:g} is flagged as a blow-up.", cls="muted"))
+                       "flagged as a blow-up above " + " or ".join(f"{lim:g} {unit} ({key})" for key, (lim, unit)
+                                                                 in KL_LIMITS.items()) + ".", cls="muted"))
     by_stage: dict[str, list[StageView]] = {}
     for s in trained:
         by_stage.setdefault(s.stage, []).append(s)
@@ -407,7 +408,7 @@ def build(run: RunData) -> tuple[list[Block], list[Figure]]:
     blocks += stages_section(run)
     blocks += provenance_section(run)
     blocks.append(Para(f"Flag thresholds: labeller position consistency < {MIN_POSITION_CONSISTENCY}; failed rows > "
-                       f"{MAX_FAILURE_FRACTION:.0%} of a stage; KL > {MAX_KL:g}; a rate worse than the reference's "
+                       f"{MAX_FAILURE_FRACTION:.0%} of a stage; KL above its limit (Training); a rate worse than the reference's "
                        "(beyond its interval: problem; within noise: check). Regenerate with: cai report RUN_DIR.",
                        cls="muted"))
     return blocks, figs.items

@@ -19,8 +19,9 @@ from cai.report.data import RoundView, RunData, StageView, num
 MIN_POSITION_CONSISTENCY = 0.6
 #: A stage whose failed rows exceed this fraction of its rows is flagged.
 MAX_FAILURE_FRACTION = 0.10
-#: A KL to the reference above this (nats, TRL's estimate) is a blow-up.
-MAX_KL = 10.0
+#: A KL to the reference above this is a blow-up, per training-log key: PPO/RLOO's ``objective/kl`` sums over
+#: a sampled sequence's tokens; GRPO's ``kl`` is a per-token mean.
+KL_LIMITS = {"objective/kl": (20.0, "nats per sequence"), "kl": (1.0, "nats per token")}
 #: Reward-model accuracy on held-out pairs at or below this (with enough pairs) is chance.
 CHANCE_ACCURACY = 0.55
 MIN_ACCURACY_PAIRS = 10
@@ -31,8 +32,8 @@ METRICS = (
     ("benign_refusal", "over-refusal (benign refusal)", False),
     ("benign_look_unsafe_refusal", "over-refusal, look-unsafe benign prompts", False),
 )
-#: The training-log keys that hold the KL to the reference (PPO; GRPO/RLOO).
-KL_KEYS = ("objective/kl", "kl")
+#: Failed (skipped) judge comparisons in a win rate above this fraction are flagged.
+MAX_SKIPPED_FRACTION = 0.10
 
 
 @dataclass(frozen=True)
@@ -229,16 +230,18 @@ def _stage_flags(s: StageView) -> list[Flag]:
                               f"{s.name}: {failed} of {rows + failed} rows failed ({frac:.0%} > "
                               f"{MAX_FAILURE_FRACTION:.0%}); see {s.stage}/failures.jsonl"))
     history = s.training.get("log_history")
-    kl = series(history, KL_KEYS)
-    if kl:
+    for key, (limit, unit) in KL_LIMITS.items():
+        kl = series(history, (key,))
         bad = [step for step, v in kl if v is None]
-        big = [(step, v) for step, v in kl if v is not None and abs(v) > MAX_KL]
+        big = [(step, v) for step, v in kl if v is not None and abs(v) > limit]
         if bad:
             flags.append(Flag("bad", f"{s.name}: KL to the reference is not finite at step {bad[0]:.0f}"))
         elif big:
             step, v = max(big, key=lambda t: abs(t[1]))
             flags.append(Flag("bad", f"{s.name}: KL blow-up, KL to the reference reached {v:.1f} at step {step:.0f} "
-                                     f"(> {MAX_KL:g})"))
+                                     f"(> {limit:g} {unit})"))
+        if kl:
+            break
     loss = series(history, ("loss", "loss/policy_avg"))
     if any(v is None for _, v in loss):
         flags.append(Flag("bad", f"{s.name}: the training loss became NaN/inf"))
@@ -294,6 +297,10 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
         if isinstance(n, int) and n and ties == n:
             v.flags.append(Flag("warn", f"win rate {label}: all {n} comparisons were ties "
                                         "(the judge gave no signal either way)"))
+        skipped = w.get("skipped")
+        if isinstance(n, int) and isinstance(skipped, int) and skipped > MAX_SKIPPED_FRACTION * (n + skipped):
+            v.flags.append(Flag("warn", f"win rate {label}: the judge failed on {skipped} of {n + skipped} "
+                                        "comparisons (left out of the rate)"))
     for s in r.stages:
         v.flags.extend(_stage_flags(s))
     missing = [s for s in run.pipeline if r.stage(s) is None]
