@@ -84,6 +84,9 @@ def test_report_files_self_contained_html_and_markdown(new_run):
     assert text.startswith("# cai run report: synthetic-new")
     assert text.index("## Verdict") < text.index("## Metrics per round") < text.index("## Provenance")
     assert "win rate vs round 0" in text
+    verdict = text[text.index("## Verdict"):text.index("## Metrics per round")]
+    assert "**sft** trained on **[distill rows]**" in verdict
+    assert "**dpo** trained on **[contrastive labels]**: no preferences stage" in verdict
     for p in plots:  # the Markdown references every figure by file
         assert f"]({p.name})" in text
     page = _page(html)

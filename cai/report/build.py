@@ -6,7 +6,7 @@ import re
 from typing import Any, Callable
 
 from cai.report import plots
-from cai.report.data import RunData, StageView, load_json, num
+from cai.report.data import RoundView, RunData, StageView, load_json, num
 from cai.report.doc import Badge, Block, Box, Bullets, Code, Columns, Figure, Heading, Mono, Para, Quote, Strong, Table
 from cai.report.samples import Sample, choose_samples, counts
 from cai.report.verdict import (
@@ -86,12 +86,12 @@ def verdict_section(run: RunData, vs: list[RoundVerdict]) -> list[Block]:
     ]
     if not vs:
         blocks.append(Para([Badge("no rounds yet", "warn"), " nothing has run in this directory yet."]))
-    for v in vs:
-        blocks.append(_verdict_box(v))
+    for v, r in zip(vs, run.rounds):
+        blocks.append(_verdict_box(v, r))
     return blocks
 
 
-def _verdict_box(v: RoundVerdict) -> Box:
+def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
     title: list = [f"Round {v.k}: "]
     if v.evaluated and v.changes:
         for key, short in (("red_team_refusal", "harmlessness"), ("benign_refusal", "over-refusal")):
@@ -128,14 +128,16 @@ def _verdict_box(v: RoundVerdict) -> Box:
         if any(cell != "–" for cell in win_row[1:]):
             rows.append(win_row)
         blocks.append(Table(header, rows))
-    if v.label_sources:
-        items = [[Strong(stage), " trained on ", Badge(f"{src} labels", "neutral"), f": {why}" if why else ""]
-                 for stage, src, why in v.label_sources]
-        blocks.append(Para("Which labels trained this round:"))
-        blocks.append(Bullets(items))
-    else:
-        blocks.append(Para("Which labels trained this round: no stage recorded a label source "
-                           "(no preference-trained stage in this round).", cls="muted"))
+    items = [[Strong(s.stage), " trained on ", Badge(f"{s.summary['data']} rows", "neutral")]
+             for s in run_round.stages if s.training and isinstance(s.summary.get("data"), str)
+             and "label_source" not in s.summary and "/" not in s.summary["data"]]
+    items += [[Strong(stage), " trained on ", Badge(f"{src} labels", "neutral"), f": {why}" if why else ""]
+              for stage, src, why in v.label_sources]
+    if items:
+        blocks += [Para("What trained this round:"), Bullets(items)]
+    if not v.label_sources:
+        blocks.append(Para("No stage recorded a preference label source this round (no preference-trained stage).",
+                           cls="muted"))
     stats = v.labeller
     if stats.get("position_consistency_rate") is not None:
         pc = float(stats["position_consistency_rate"])
