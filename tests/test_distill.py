@@ -126,3 +126,45 @@ def test_contrastive_pairs_are_labelled_by_construction(tmp_path, harmless):
     rows[0]["plain_response"] = "I can't help with that."
     pairs2, skipped2, _ = contrastive_pairs(rows, harmless)
     assert len(pairs2) == 4 and [s["reason"] for s in skipped2] == ["both_refuse"]
+
+
+def test_a_rerun_with_another_prompt_file_is_refused_not_merged(tmp_path, harmless):
+    """Every row-by-row stage: the prompt set's identity is in the fingerprint (issue 16)."""
+    from cai.backends.base import SamplingParams
+    from cai.stages.responses import run_responses
+
+    out = tmp_path / "responses"
+    params = SamplingParams(max_new_tokens=8)
+    run_responses(HELPFUL, out, ScriptedBackend(respond), params=params, progress=False)
+    with pytest.raises(UserInputError, match="different|another|settings|fingerprint"):
+        run_responses(RED, out, ScriptedBackend(respond), params=params, progress=False)
+    assert len(list(read_jsonl(out / "data.jsonl"))) == 3  # nothing merged in
+
+
+def test_cli_distill_then_contrastive_with_a_tiny_model(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    red, helpful = tmp_path / "red.jsonl", tmp_path / "helpful.jsonl"
+    red.write_text("".join(json.dumps({"prompt": r.text, **r.extra}) + "\n" for r in RED))
+    helpful.write_text("".join(json.dumps({"prompt": r.text, **r.extra}) + "\n" for r in HELPFUL))
+    out = tmp_path / "distill"
+    args = ["generate", "distill", "--red-team", str(red), "--helpful", str(helpful), "-m", str(tiny_model_dir),
+            "--device", "cpu", "--max-new-tokens", "6", "--out", str(out)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    rows = read_rows(out)
+    red_rows = [x for x in rows if x["set"] == "red_team"]
+    assert len(red_rows) == 3 and all(x["target_source"] == "constitution_refusal" for x in red_rows)
+    meta = json.loads((out / "cai_dataset.json").read_text())
+    assert meta["fingerprint"]["config"]["max_new_tokens"] == 6
+    r = CliRunner().invoke(cli, ["generate", "contrastive", "--distill", str(out), "--out", str(tmp_path / "pairs")])
+    assert r.exit_code == 0, r.output
+    pairs, skipped = read_rows(tmp_path / "pairs"), list(read_jsonl(tmp_path / "pairs" / "failures.jsonl"))
+    assert all(p["label_source"] == "contrastive" for p in pairs)
+    assert len(pairs) + len(skipped) == len(rows)  # every distilled row became a pair or a recorded skip
+    # a constitution without refusals is refused before any model loads
+    r = CliRunner().invoke(cli, args[:-2] + ["-c", str(Path(__file__).parent / "fixtures/tiny_constitution.yaml"),
+                                             "-m", str(tmp_path / "no-model"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "refusals" in r.output and not (tmp_path / "x").exists()

@@ -326,3 +326,30 @@ def test_a_refusal_revision_need_not_repeat_the_prompt(constitution):
 
     result = revise(records(2), constitution, ScriptedBackend(respond), config=ReviseConfig())
     assert len(result.rows) == 2 and not result.failures
+
+
+def test_cli_flags_come_from_the_config_class(tmp_path):
+    """One default and one help per field: --help shows ReviseConfig's defaults; YAML < flags; bad values are one line."""
+    r = CliRunner().invoke(cli, ["generate", "revisions", "--help"])
+    assert r.exit_code == 0
+    text = " ".join(r.output.split())
+    assert "--critique-max-new-tokens" in text and f"[default: {ReviseConfig().critique.max_new_tokens}]" in text
+    assert "--gates-exemplar-overlap" in text and "--n_revisions" in text  # TRL-style spelling too
+
+    from cai.cli.config_options import build_config
+
+    cfg_file = tmp_path / "revise.yaml"
+    cfg_file.write_text("n_revisions: 3\ncritique: {max_new_tokens: 40}\n")
+    cfg = build_config(ReviseConfig, str(cfg_file), {("critique", "max_new_tokens"): 12})
+    assert cfg.n_revisions == 3 and cfg.critique.max_new_tokens == 12  # the flag wins over the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_revisions: 2\nretires: 1\n")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    r = CliRunner().invoke(cli, ["generate", "revisions", "-p", str(prompts), "--config", str(bad),
+                                 "--out", str(tmp_path / "o"), "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "bad.yaml:2: field 'retires': unknown key" in r.output
+    r = CliRunner().invoke(cli, ["generate", "revisions", "-p", str(prompts), "--n-revisions", "0",
+                                 "--out", str(tmp_path / "o"), "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "--n-revisions" in r.output and "greater than or equal to 1" in r.output
+    assert not (tmp_path / "o").exists()

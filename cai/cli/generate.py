@@ -15,7 +15,7 @@ from cai.cli.options import (
 
 @click.group("generate")
 def group() -> None:
-    """Generate datasets: responses, revisions, preferences, chain-of-thought, prompts."""
+    """Generate datasets: responses, revisions, preferences, distill, contrastive pairs, chain-of-thought, prompts."""
 
 
 @group.command("responses")
@@ -59,3 +59,8 @@ group.add_command(_prompts)
 from cai.cli.cot import cot as _cot  # noqa: E402
 
 group.add_command(_cot)
+
+from cai.cli.distill import contrastive as _contrastive, distill as _distill  # noqa: E402
+
+group.add_command(_distill)
+group.add_command(_contrastive)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from cai.cli import options
-from cai.cli.options import model_options, output_options, print_summary, sampling_options
+from cai.cli.config_options import build_config, config_options, pop_config_flags
+from cai.cli.options import model_options, output_options, print_summary
+from cai.stages.revise import ReviseConfig
 
 
 @click.command("revisions")
@@ -14,46 +16,45 @@ from cai.cli.options import model_options, output_options, print_summary, sampli
 @click.option("--constitution", "-c", default="harmless", show_default=True,
               help="Constitution file or shipped name.")
 @click.option("--template-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--n-revisions", "-n", default=1, show_default=True, type=click.IntRange(1),
-              help="Critique-then-revise steps per prompt.")
-@click.option("--few-shot/--no-few-shot", default=True, show_default=True,
-              help="Put the constitution's exemplars in front of critique and revision prompts.")
-@click.option("--unique-principles", is_flag=True, help="Use each principle at most once per prompt.")
-@click.option("--emit-all-revisions", is_flag=True, help="One SFT row per revision step (CAI trained on all).")
-@click.option("--retries", default=0, show_default=True, type=click.IntRange(0),
-              help="Re-sample degenerate outputs (empty, echoed request, unchanged revision) up to N times.")
-@click.option("--critique-max-new-tokens", default=96, show_default=True, type=click.IntRange(1))
-@click.option("--gates/--no-gates", default=True, show_default=True,
-              help="Quality gates: reject revisions that copy a few-shot exemplar or ignore the prompt (recorded "
-                   "as failures with the reason).")
+@config_options(ReviseConfig)
+@click.option("--max-new-tokens", "max_new_tokens", type=click.IntRange(1), default=None,
+              help="Shortcut: --response-max-new-tokens and --revision-max-new-tokens at once.")
+@click.option("--temperature", type=click.FloatRange(0), default=None,
+              help="Shortcut: the temperature of responses, critiques and revisions (0: greedy).")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=None, help="Shortcut: top-p of all three.")
+@click.option("--gates/--no-gates", default=None,
+              help="Shortcut: every revision quality gate on or off (--gates-exemplar-overlap, "
+                   "--gates-prompt-overlap set them one by one).")
 @model_options
-@sampling_options
 @output_options
-def revisions(prompts_path, constitution, template_dir, n_revisions, few_shot, unique_principles,
-              emit_all_revisions, retries, critique_max_new_tokens, gates, model, backend_kind, batch_size, device,
-              dtype, max_new_tokens, temperature, top_p, seed, out, overwrite, limit, chunk_size) -> None:
+def revisions(prompts_path, constitution, template_dir, max_new_tokens, temperature, top_p, gates, model,
+              backend_kind, batch_size, device, dtype, out, overwrite, limit, chunk_size, **flags) -> None:
     """Critique and revise the policy's responses by the constitution (SL-CAI).
 
     Writes SFT rows (prompt + final revision, with the whole trace) to OUT/data.jsonl and
     a preference view (revision over initial) to OUT/preference. Rerun to resume.
+    Every ReviseConfig field is a flag (and a key of --config FILE.yaml).
     """
     from cai.constitution import load_constitution
     from cai.data import load_prompts
-    from cai.stages.revise import Gates, ReviseConfig, Sampling, check_config, run_revisions
+    from cai.stages.revise import check_config, run_revisions
     from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 
+    shortcuts: dict[tuple[str, ...], object] = {}
+    for kind in ("response", "critique", "revision"):
+        if temperature is not None:
+            shortcuts[(kind, "temperature")] = temperature
+        if top_p is not None:
+            shortcuts[(kind, "top_p")] = top_p
+    if max_new_tokens is not None:
+        shortcuts[("response", "max_new_tokens")] = shortcuts[("revision", "max_new_tokens")] = max_new_tokens
+    if gates is False:
+        shortcuts[("gates", "exemplar_overlap")], shortcuts[("gates", "prompt_overlap")] = None, False
+    config_file, given = pop_config_flags(flags)
+    config = build_config(ReviseConfig, config_file, given, shortcuts)
     c = load_constitution(constitution)
     templates = PromptTemplates(template_dir, constitution=c)
     templates.validate({n: TEMPLATE_VARIABLES[n] for n in ("initial_response", "critique", "revision")})
-    sampling = dict(temperature=temperature, top_p=top_p)
-    config = ReviseConfig(
-        n_revisions=n_revisions, few_shot=few_shot, unique_principles=unique_principles,
-        emit_all_revisions=emit_all_revisions, retries=retries, seed=seed,
-        response=Sampling(max_new_tokens=max_new_tokens, **sampling),
-        critique=Sampling(max_new_tokens=critique_max_new_tokens, **sampling),
-        revision=Sampling(max_new_tokens=max_new_tokens, **sampling),
-        gates=Gates() if gates else Gates(exemplar_overlap=None, prompt_overlap=False),
-    )
     check_config(c, config)  # before loading a model
     records = load_prompts(prompts_path, limit=limit)
     backend = options.make_backend_from_options(model, backend_kind, batch_size, device, dtype)

@@ -149,17 +149,13 @@ def _tally(out: ChunkResult, key: str) -> None:
 
 
 def fingerprint(backend: Backend, templates: PromptTemplates, constitution: Constitution,
-                config: DistillConfig, records: Sequence[PromptRecord]) -> dict[str, Any]:
-    from cai.data import stable_hash
-
+                config: DistillConfig) -> dict[str, Any]:
     return {
         "stage": "distill",
         "policy": backend.model_id,
         "config": config.model_dump(mode="json"),
         "constitution": constitution.provenance(),
         "templates": {k: v["sha256"] for k, v in templates.provenance([TEMPLATE]).items()},
-        # The prompt sets' identity: a rerun with other prompts into the same directory is refused.
-        "records": stable_hash(sorted(r.id for r in records)),
     }
 
 
@@ -186,7 +182,7 @@ def run_distill(
     check_constitution(constitution, config)
     records = tag_records(red_team, "red_team") + tag_records(helpful, "helpful")
     job = DatasetJob(
-        kind="sft", fingerprint=fingerprint(backend, templates, constitution, config, records),
+        kind="sft", fingerprint=fingerprint(backend, templates, constitution, config),
         provenance={"policy_backend": provenance(backend), "method": "context distillation",
                     "refusal_source": "constitution refusals" if config.red_team_target == "refusal"
                     else "policy with the constitution in context"},

@@ -139,7 +139,12 @@ def run_dataset(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``job`` over ``records`` into a resumable dataset directory; returns counts and summary."""
-    writer = DatasetWriter(out_dir, kind=job.kind, fingerprint=job.fingerprint, provenance=job.provenance,
+    from cai.data import stable_hash
+
+    # The prompt set's identity is part of the fingerprint: a rerun into the same directory
+    # with another prompt file is refused, never merged with the first one's rows.
+    fingerprint = {**job.fingerprint, "records": stable_hash(sorted(r.id for r in records))}
+    writer = DatasetWriter(out_dir, kind=job.kind, fingerprint=fingerprint, provenance=job.provenance,
                            overwrite=overwrite)
     done = job.done or (lambda w, r: w.is_done(r.id))
     todo = [r for r in records if not done(writer, r)]
