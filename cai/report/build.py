@@ -102,7 +102,7 @@ def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
                 title += [Badge(word if len(v.changes) == 1 else f"{word} vs {_mname(ref)}", kind), " "]
             title.append("  ")
     elif not v.evaluated:
-        title.append(Badge("not evaluated yet", "warn"))
+        title += [Badge("not evaluated yet", "warn"), " "]
     bad = sum(f.level == "bad" for f in v.flags)
     warn = sum(f.level == "warn" for f in v.flags)
     if bad or warn:
@@ -324,7 +324,8 @@ def samples_section(run: RunData) -> list[Block]:
                 f"{c['worsened']} worsened, {c['unchanged']} unchanged" for ps, c in sorted(tally.items()))))
         blocks += [_sample_box(s, cand) for s in chosen]
     if not any_shown:
-        blocks.append(Para("No samples were kept (set stages.eval.keep_samples: true)."))
+        blocks.append(Para("No samples were kept (set stages.eval.keep_samples: true)."
+                           if any(r.evaluated for r in run.rounds) else "No round has been evaluated yet."))
     return blocks
 
 

@@ -312,8 +312,8 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
             "benign_distinct_2"))
         if d0 and dk is not None and dk < 0.5 * d0:
             v.flags.append(Flag("warn", f"answers got repetitive: distinct-2 on benign answers {d0:.2f} → {dk:.2f}"))
-    elif r.stage("eval") is None or r.stage("eval").status != "complete":
-        v.flags.append(Flag("warn", f"round {r.k} has no evaluation yet"))
+    elif "eval" not in run.pipeline:
+        v.flags.append(Flag("warn", "the pipeline has no eval stage: nothing measures this round's policy"))
     return v
 
 
