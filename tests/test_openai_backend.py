@@ -24,7 +24,7 @@ from fakes import ScriptedBackend
 
 from cai.backends import make_backend
 from cai.backends.base import SamplingParams, provenance
-from cai.backends.openai import BackendRequestError, OpenAIBackend, option_key
+from cai.backends.openai import BackendRequestError, OpenAIBackend, choice_failure, option_key
 from cai.errors import UserInputError
 from cai.serve import ChatServer, top_logprobs
 
@@ -137,19 +137,23 @@ class TopTokenBackend(ScriptedBackend):
         return [self.top[:k] for _ in conversations]
 
 
-def test_choice_logprobs_maps_token_variants_and_floors_missing():
+def test_choice_logprobs_maps_token_variants_and_fails_missing_options():
     top = [(" A", math.log(0.5)), ("(B", math.log(0.2)), ("A", math.log(0.1)), ("x", math.log(0.05))]
     with ChatServer(TopTokenBackend(top)) as server:
         api = OpenAIBackend("scripted", base_url=server.url, top_logprobs=4)
-        scores = api.choice_logprobs([USER, USER], ["(A)", "B", "C"])
+        scores = api.choice_logprobs([USER, USER], ["(A)", "B"])
+        [missing] = api.choice_logprobs([USER], ["(A)", "B", "C"])
     assert len(scores) == 2
     s = scores[0]
-    # "A" is spelled by " A" and "A" (0.6 together); "C" is absent and gets the lowest returned log-prob.
-    raw = [math.log(0.6), math.log(0.2), math.log(0.05)]
+    # "A" is spelled by " A" and "A" (0.6 together).
+    raw = [math.log(0.6), math.log(0.2)]
     z = math.log(sum(math.exp(r) for r in raw))
     assert s.logprobs == pytest.approx([r - z for r in raw], abs=1e-9)
-    assert s.extra["missing"] == ["C"]
-    assert s.extra["floor_logprob"] == pytest.approx(math.log(0.05))
+    assert s.extra["scoring"] == "continue_final" and choice_failure(s) is None
+    # "C" is absent from the top tokens: the row fails with the reason, no floor value.
+    assert all(math.isnan(x) for x in missing.logprobs)
+    assert missing.extra["error_kind"] == "option_missing" and missing.extra["missing"] == ["C"]
+    assert "'C' not among the server's top 4" in choice_failure(missing)
 
 
 def test_choice_logprobs_with_tiny_transformers_model(tiny_backend):
@@ -163,14 +167,15 @@ def test_choice_logprobs_with_tiny_transformers_model(tiny_backend):
             break
     with ChatServer(tiny_backend, model_name="tiny") as server:
         api = OpenAIBackend("tiny", base_url=server.url)
-        [s] = api.choice_logprobs([conv], options + ["zz-not-a-top-token"])
+        [s] = api.choice_logprobs([conv], options)
+        [failed] = api.choice_logprobs([conv], options + ["zz-not-a-top-token"])
         [gen] = api.generate([conv], SamplingParams(max_new_tokens=4, temperature=0))
     expected = [max(v for t, v in direct if option_key(t) == option_key(o)) for o in options]
-    got = s.extra["raw_logprobs"][:2]
+    got = s.extra["raw_logprobs"]
     # Several top tokens may share a key; the client adds them, so it is at least the best one.
     assert all(g >= e - 1e-4 for g, e in zip(got, expected))
-    assert s.extra["missing"] == ["zz-not-a-top-token"]
     assert math.isclose(sum(math.exp(x) for x in s.logprobs), 1.0, rel_tol=1e-6)
+    assert failed.extra["missing"] == ["zz-not-a-top-token"] and all(math.isnan(x) for x in failed.logprobs)
     assert gen.prompt_tokens == tiny_backend.count_tokens(conv)
     assert gen.finish_reason in {"stop", "length"} and gen.completion_tokens <= 4
 
