@@ -14,15 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cai.errors import UserInputError
+from cai.training.fields import TrainingConfigError, coerce_fields
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
-
-
-class TrainingConfigError(UserInputError):
-    """A trainer config file or option that TRL would not accept."""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -123,6 +119,7 @@ def build_config(
     config: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    config_source: str = "config",
 ) -> tuple[Any, dict[str, Any]]:
     """Build a TRL config: defaults < file < ``config`` dict < overrides. Returns (config, settings).
 
@@ -133,16 +130,16 @@ def build_config(
     settings: dict[str, Any] = {**cpu_friendly_defaults(), **(defaults or {})}
     layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
-        layers.append((str(config_file), load_config_file(config_file)))
+        layers.append((str(config_file), dict(load_config_file(config_file))))
     if config:
-        layers.append(("config", dict(config)))
+        layers.append((config_source, dict(config)))
     layers.append(("options", {k: v for k, v in (overrides or {}).items() if v is not None}))
     for source, layer in layers:
-        for key, value in layer.items():
+        for key in layer:
             check_known(config_cls, key, source, valid)
-            if key == "output_dir":
-                log.warning("%s: ignoring output_dir; the model goes to --out (%s)", source, out_dir)
-                continue
+        if layer.pop("output_dir", None) is not None:
+            log.warning("%s: ignoring output_dir; the model goes to --out (%s)", source, out_dir)
+        for key, value in coerce_fields(config_cls, layer, source).items():
             settings[key] = value
             if key == "gradient_checkpointing" and "activation_checkpointing" not in layer:
                 settings.pop("activation_checkpointing", None)  # the old name, set on purpose, wins
@@ -152,7 +149,8 @@ def build_config(
     try:
         cfg = config_cls(output_dir=str(Path(out_dir) / CHECKPOINT_SUBDIR), **settings)
     except (TypeError, ValueError) as e:
-        raise TrainingConfigError(f"{config_cls.__name__}: {str(e).splitlines()[0]}; fix the config or option") from None
+        why = str(e).splitlines()[0].rstrip(".")
+        raise TrainingConfigError(f"{config_cls.__name__}: {why}; fix the config or option") from None
     return cfg, settings
 
 
@@ -164,8 +162,20 @@ def config_class(trainer: str) -> type:
 
 
 def check_config_fields(trainer: str, fields: dict[str, Any], source: str) -> None:
-    """Reject unknown TRL config keys up front (before any model loads), naming the close ones."""
-    cls = config_class(trainer)
-    valid = init_fields(cls)
-    for key in fields:
-        check_known(cls, key, source, valid)
+    """Refuse, before any model loads, what the trainer's TRL config would not take.
+
+    Unknown keys (naming the close ones), values of the wrong type or out of range,
+    and combinations the config class itself refuses, each as one line naming ``source``.
+    """
+    import tempfile
+
+    from cai.training.spec import get_trainer
+
+    spec = get_trainer(trainer)
+    cls = spec.config_cls()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            build_config(cls, tmp, defaults=dict(spec.defaults), config=fields, config_source=source)
+        except TrainingConfigError as e:
+            msg = str(e)
+            raise TrainingConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None

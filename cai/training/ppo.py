@@ -8,6 +8,8 @@ tokenized here through the policy's chat template with the generation prompt.
 
 from __future__ import annotations
 
+import os
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +78,17 @@ def _summary(trainer: Any, job: TrainJob) -> dict[str, Any]:
             "kl": [e["objective/kl"] for e in history if "objective/kl" in e]}
 
 
+def _experimental(name: str) -> Any:
+    """A class from ``trl.experimental.ppo``, without TRL's warning that the module is experimental (we pin trl)."""
+    def resolve() -> type:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        return getattr(import_module("trl.experimental.ppo"), name)
+
+    return resolve
+
+
 PPO = register_trainer(TrainerSpec(
-    name="ppo", config_class="trl.experimental.ppo:PPOConfig", trainer_class="trl.experimental.ppo:PPOTrainer",
+    name="ppo", config_class=_experimental("PPOConfig"), trainer_class=_experimental("PPOTrainer"),
     data_kind="prompts", defaults=PPO_DEFAULTS, rows=lambda records, job: list(records), build=_build,
     summary=_summary, options={"reward_model": None, "limit": None}, loss_key="loss/policy_avg",
     model_attr="policy_model",

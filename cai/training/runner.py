@@ -1,7 +1,7 @@
 """One `train(spec, ...)` for every trainer: checks first, then seed, build, train, save.
 
-Order matters: the spec's option check, the dataset kind and rows, and the TRL
-config (fields and values) are all checked before any model loads, so a bad
+Order matters: the spec's option check, the TRL config (fields and values), and
+the dataset kind and rows are all checked before any model loads, so a bad
 setting costs nothing. Seeds are set before the models load, so a freshly
 initialised head (the reward model's score layer) or LoRA adapter starts the
 same on every run: same seed, same data, same weights.
@@ -61,9 +61,9 @@ def build_trainer(spec: str | TrainerSpec, data: Any, model: str, out_dir: str |
     job = TrainJob(spec=spec, source=data, model=model, out_dir=Path(out_dir), lora=lora, options=options)
     if spec.check is not None:
         spec.check(job)
-    raw = load_input(job)
     job.config, job.settings = build_config(spec.config_cls(), out_dir, defaults=dict(spec.defaults), config=config,
                                             config_file=config_file, overrides=kwargs)
+    raw = load_input(job)
     job.rows = spec.rows(raw, job)
     seed_everything(job.config)
     return spec.build(job), job
