@@ -250,10 +250,14 @@ def plot_training(stages: list[StageView]) -> bytes | None:
                 ax.plot(xs, ys, marker="s", markersize=6, linestyle="--", color=colour, markerfacecolor="white",
                         label=f"{name}, held-out")
             count = max(count, len(train) or len(ev))
-        ax.set_title(f"{title} (n={count} logged steps)", fontsize=9)
+        ax.set_title(f"{title} (n={count} logged step{'s' if count != 1 else ''})", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        steps = [x for line in ax.get_lines() for x in line.get_xdata()]
+        if steps and max(steps) - min(steps) < 1:  # one logged step: a readable axis around it
+            ax.set_xlim(min(steps) - 1, max(steps) + 1)
+            ax.set_xticks(sorted(set(steps)))
         ax.tick_params(labelsize=7.5)
         ax.grid(alpha=0.3)
         if len(per) > 1 or any(p[3] for _, panels in per for p in panels if p[0] == title):

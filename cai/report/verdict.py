@@ -21,7 +21,7 @@ MIN_POSITION_CONSISTENCY = 0.6
 MAX_FAILURE_FRACTION = 0.10
 #: A KL to the reference above this is a blow-up, per training-log key: PPO/RLOO's ``objective/kl`` sums over
 #: a sampled sequence's tokens; GRPO's ``kl`` is a per-token mean.
-KL_LIMITS = {"objective/kl": (20.0, "nats per sequence"), "kl": (1.0, "nats per token")}
+KL_LIMITS = {"objective/kl": (20.0, "nats per sequence"), "kl": (1.0, "nat per token")}
 #: Reward-model accuracy on held-out pairs at or below this (with enough pairs) is chance.
 CHANCE_ACCURACY = 0.55
 MIN_ACCURACY_PAIRS = 10
