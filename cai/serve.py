@@ -286,6 +286,10 @@ class _TokenEngine:
         return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def run(self, batch: list[Sample]) -> list[SampleResult]:
+        step = max(1, int(getattr(self.backend, "batch_size", len(batch)) or len(batch)))  # its memory setting
+        return [r for start in range(0, len(batch), step) for r in self._run(batch[start : start + step])]
+
+    def _run(self, batch: list[Sample]) -> list[SampleResult]:
         import torch
 
         backend, model = self.backend, self.backend.model
