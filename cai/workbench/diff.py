@@ -46,12 +46,13 @@ def word_diff(a: str, b: str) -> list[list[str]]:
 def render_word_diff(ops: list[list[str]]) -> str:
     """git --word-diff style: [-removed-]{+added+}."""
     out = []
-    for op, text in ops:
+    for n, (op, text) in enumerate(ops):
         if op == "=":
             out.append(text)
-        else:
-            t = text.rstrip()
-            out.append(("[-" if op == "-" else "{+") + t + ("-]" if op == "-" else "+}") + text[len(t):])
+            continue
+        t = text.rstrip()
+        replaced = op == "-" and n + 1 < len(ops) and ops[n + 1][0] == "+"  # its space comes after the insertion
+        out.append(("[-" + t + "-]" if op == "-" else "{+" + t + "+}") + ("" if replaced else text[len(t):]))
     return "".join(out)
 
 

@@ -169,7 +169,7 @@ def run_matrix(
             where.append((i, p))
             if initial[i]["degenerate"]:
                 cell.update(key=None, cached=initial[i]["cached"], critique=None, revision=None, reason=None,
-                            judge=None)
+                            finish_reason=None, judge=None)
             else:
                 key = cell_key(model, tsha, rec, p, context, initial[i]["text"], settings)
                 got = cache.get("cell", key)
