@@ -106,6 +106,11 @@ _workbench_options = _stack(
 )
 
 
+def _command_line() -> list[str] | None:
+    """The command as typed, when run as `cai` (not from Python)."""
+    return ["cai", *sys.argv[1:]] if Path(sys.argv[0]).name == "cai" else None
+
+
 def _revise_config(seed, max_new_tokens, temperature, top_p, critique_max_new_tokens, few_shot, retries, gates):
     """The stage's own config, built as `cai generate revisions` builds it (so cells match its rows)."""
     from cai.stages.revise import Gates, ReviseConfig, Sampling
@@ -183,7 +188,7 @@ def try_(constitution, prompts_path, prompt_texts, limit, principles, out, cache
     backend = _lazy_backend(model, backend_kind, batch_size, device, dtype)
 
     m = run_matrix(c, chosen, records, backend, config=config, templates=templates, cache=cache)
-    doc = try_document(m, command=["cai", *sys.argv[1:]])
+    doc = try_document(m, command=_command_line())
     doc["timing"]["wall_s"] = round(time.perf_counter() - t0, 3)
     paths = write(doc, out) if out else None
     click.echo(try_text(doc, width))
@@ -239,7 +244,7 @@ def diff(a, b, prompts_path, prompt_texts, limit, principles, out, cache_dir, no
     backend = _lazy_backend(model, backend_kind, batch_size, device, dtype)
     run = run_diff(ca, cb, ids, records, backend, config=config, templates_a=ta, templates_b=tb, cache=cache,
                    text=text)
-    doc = diff_document(run, command=["cai", *sys.argv[1:]])
+    doc = diff_document(run, command=_command_line())
     paths = write(doc, out) if out else None
     click.echo(diff_text(doc, width))
     if paths:
