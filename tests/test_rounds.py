@@ -183,3 +183,19 @@ def test_forcing_revisions_reruns_what_reads_them_only(two_rounds, tmp_path, tin
     assert "[round-1/helpful] done, skipping" in r.output
     for stage in ("revisions", "sft-data", "sft", "preferences", "reward", "rl", "eval"):
         assert f"[round-1/{stage}] running" in r.output or f"[round-1/{stage}] restarting" in r.output, stage
+
+
+def test_status_json_is_a_stable_machine_readable_contract(two_rounds):
+    run_dir, _ = two_rounds
+    r = CliRunner().invoke(cli, ["status", str(run_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["schema"] == 1 and data["complete"] is True
+    assert data["final_policy"] == str(run_dir / "round-2" / "rl")
+    assert len(data["stages"]) == 16 and data["stages"][0]["stage"] == "round-1/revisions"
+    assert [x["round"] for x in data["rounds"]] == [1, 2]
+    m = data["rounds"][1]["metrics"]
+    assert set(m["win_rates"]) == {"vs round-0", "vs round-1"}
+    out = m["outcome"]["round-2"]
+    assert {"red_team_refusal", "benign_refusal", "benign_look_unsafe_refusal", "benign_distinct_2"} <= set(out)
+    assert out["red_team_refusal"]["n"] == 2 and 0 <= out["red_team_refusal"]["low"] <= out["red_team_refusal"]["high"]
