@@ -54,7 +54,7 @@ def generate_responses(
             continue
         row: dict[str, Any] = {
             "id": rec.id,
-            "prompt": rec.text,
+            "source_prompt": rec.text,
             "messages": record_messages(rec) + [{"role": "assistant", "content": gen.text}],
             "response": gen.text,
             "finish_reason": gen.finish_reason,

@@ -298,7 +298,7 @@ def _emit(
             # The final row carries the record id, so a resume keys on it; written last.
             "id": rec.id if last else f"{rec.id}.r{step['step']}",
             "messages": record_messages(rec) + [{"role": "assistant", "content": step["revision"]}],
-            **base,
+            "source_prompt": rec.text, **({"extra": rec.extra} if rec.extra else {}),
             "initial_response": text,
             "revision": step["revision"],
             "revisions": trace,

@@ -27,7 +27,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rng = random.Random(ctx.cfg.seed + ctx.k)
     chosen = rng.sample(helpful, min(want, len(helpful)))
     rows = [{**r, "source": "revision"} for r in revisions] + [
-        {"id": r["id"], "messages": r["messages"], "prompt": r["prompt"], "source": "helpful"} for r in chosen]
+        {"id": r["id"], "messages": r["messages"], "source_prompt": r.get("source_prompt", r.get("prompt")),
+         "source": "helpful"} for r in chosen]
     if not rows:
         raise UserInputError(
             f"{ctx.input_dir('revisions')}: no usable revisions or helpful responses to train on; "
