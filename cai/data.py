@@ -3,9 +3,14 @@
 A dataset directory holds:
 
 * ``data.jsonl`` — good rows, appended while the stage runs (TRL-native columns);
-* ``failures.jsonl`` — rows that failed (raw model text and a reason), never silently dropped;
-* ``cai_dataset.json`` — machine-readable provenance: kind, fingerprint, counts, summary;
-* ``README.md`` — the dataset card (Hugging Face front matter + provenance).
+* ``README.md`` — the dataset card (Hugging Face front matter + provenance);
+* ``.cai/failures.jsonl`` — rows that failed (raw model text and a reason), never silently dropped;
+* ``.cai/cai_dataset.json`` — machine-readable provenance: kind, fingerprint, counts, summary.
+
+cai's own files sit in the hidden ``.cai/`` so that ``load_dataset(OUT)``,
+``load_dataset("json", data_dir=OUT)`` and ``trl sft --dataset_name OUT`` read
+the rows and nothing else. Directories written before kept them next to
+``data.jsonl``; they are still read, and moved on the next write.
 
 Row ids are deterministic hashes of a row's inputs, so rerunning the same command
 skips what is done: nothing is lost and nothing duplicated.
@@ -29,9 +34,14 @@ log = logging.getLogger(__name__)
 Conversation = list[dict[str, str]]
 
 DATA_FILE = "data.jsonl"
-FAILURES_FILE = "failures.jsonl"
-META_FILE = "cai_dataset.json"
 CARD_FILE = "README.md"
+#: Hidden from `datasets`' file patterns, so loaders see only the rows.
+CAI_DIR = ".cai"
+FAILURES_FILE = f"{CAI_DIR}/failures.jsonl"
+META_FILE = f"{CAI_DIR}/cai_dataset.json"
+#: Where directories written before ``.cai/`` kept these files (read, and moved by the next writer).
+LEGACY_FILES = {"cai_dataset.json": META_FILE, "failures.jsonl": FAILURES_FILE}
+LEGACY_META = "cai_dataset.json"
 
 #: Dataset kinds and the command that makes each; training uses this to refuse the wrong kind.
 KINDS = {
@@ -231,11 +241,31 @@ def read_rows(directory: str | Path) -> list[dict[str, Any]]:
     return list(read_jsonl(Path(directory) / DATA_FILE))
 
 
+def meta_path(directory: str | Path) -> Path | None:
+    """The directory's cai_dataset.json (in .cai/, or where older cai versions wrote it); None if neither."""
+    for path in (Path(directory) / META_FILE, Path(directory) / LEGACY_META):
+        if path.is_file():
+            return path
+    return None
+
+
+def is_cai_dataset(directory: str | Path) -> bool:
+    return meta_path(directory) is not None
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / META_FILE
-    if not path.is_file():
+    path = meta_path(directory)
+    if path is None:
         raise DataError(f"{directory}: not a cai dataset directory (no {META_FILE}); make one with cai generate ...")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _move_legacy_files(directory: Path) -> None:
+    """Move cai's files out of the rows' way, into .cai/ (a directory an older cai wrote)."""
+    for old, new in LEGACY_FILES.items():
+        if (directory / old).is_file() and not (directory / new).exists():
+            (directory / CAI_DIR).mkdir(exist_ok=True)
+            os.replace(directory / old, directory / new)
 
 
 def dataset_kind(directory: str | Path) -> str:
@@ -273,7 +303,9 @@ class DatasetWriter:
             _check_ours(self.dir)
             if overwrite:
                 remove_cai_files(self.dir)
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if self.dir.is_dir():
+                _move_legacy_files(self.dir)
+            (self.dir / CAI_DIR).mkdir(parents=True, exist_ok=True)
             self._open(meta_path, kind, fingerprint)
         except OSError as e:
             raise DataError(
@@ -366,10 +398,10 @@ def _check_ours(directory: Path) -> None:
         return
     if not directory.is_dir():
         raise DataError(f"{directory}: is a file, not a directory; choose a directory for --out")
-    if (directory / META_FILE).is_file():
+    if is_cai_dataset(directory):
         return
     theirs = sorted(e.name for e in directory.iterdir()
-                    if not e.name.startswith(".") and e.name != META_FILE + ".tmp")
+                    if not e.name.startswith(".") and e.name != LEGACY_META + ".tmp")
     if theirs:
         shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
         raise DataError(
@@ -383,17 +415,20 @@ def remove_cai_files(directory: Path) -> None:
 
     Anything else (the user's notes, a README.md that is not a cai card) stays.
     """
-    if not (directory / META_FILE).is_file():
+    if not is_cai_dataset(directory):
         return
     for sub in directory.iterdir():
-        if sub.is_dir() and not sub.is_symlink() and (sub / META_FILE).is_file():
+        if sub.is_dir() and not sub.is_symlink() and sub.name != CAI_DIR and is_cai_dataset(sub):
             remove_cai_files(sub)  # e.g. the preference view of a revisions dataset
             if not any(sub.iterdir()):
                 sub.rmdir()
     if is_cai_card(directory / CARD_FILE) and (directory / CARD_FILE).exists():
         (directory / CARD_FILE).unlink()
-    for name in (DATA_FILE, FAILURES_FILE, META_FILE + ".tmp", META_FILE):  # the marker last
+    for name in (DATA_FILE, FAILURES_FILE, *LEGACY_FILES, META_FILE + ".tmp", LEGACY_META + ".tmp", META_FILE,
+                 LEGACY_META):  # the markers last
         (directory / name).unlink(missing_ok=True)
+    if (directory / CAI_DIR).is_dir() and not any((directory / CAI_DIR).iterdir()):
+        (directory / CAI_DIR).rmdir()
 
 
 #: The dataset card's first line after its front matter: how cai knows a README.md is its own.
@@ -411,79 +446,58 @@ def is_cai_card(path: Path) -> bool:
     return CARD_MARKER in head or "\nMade by `cai` " in head  # cards written before the marker
 
 
-def write_card(
-    directory: Path,
-    *,
-    kind: str,
-    provenance: dict[str, Any],
-    counts: dict[str, int],
-    summary: dict[str, Any],
-    title: str | None = None,
-) -> Path:
-    """A Hugging Face dataset card: front matter so the Hub reads data.jsonl, then provenance."""
-    extra_configs = ""
-    if (directory / "preference" / DATA_FILE).exists():
-        extra_configs = "  - config_name: preference\n    data_files: preference/data.jsonl\n"
-    c = provenance.get("constitution") or {}
-    lines = [
-        "---",
-        "configs:",
-        "  - config_name: default",
-        f"    data_files: {DATA_FILE}",
-        extra_configs.rstrip("\n"),
-        "tags: [cai, constitutional-ai, rlaif, synthetic]",
-        "---",
-        CARD_MARKER,
-        "",
-        f"# {title or f'cai {kind} dataset'}",
-        "",
-        f"Made by `cai` {provenance.get('cai_version', '')}. Kind: **{kind}**. "
-        f"Rows: **{counts.get('rows', 0)}**, failed rows: **{counts.get('failed', 0)}** "
-        f"(in `{FAILURES_FILE}`, with the raw model text and the reason).",
-        "",
-    ]
-    if c:
-        lines += [f"Constitution: `{c.get('name')}` v{c.get('version')} (sha256 `{str(c.get('sha256', ''))[:16]}`).", ""]
-    lines += [
-        "Load it:",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        f"ds = load_dataset('json', data_files='{directory.name}/{DATA_FILE}', split='train')",
-        "```",
-        "",
-        "## Summary",
-        "",
-        "```json",
-        json.dumps(summary, indent=2, ensure_ascii=False, default=str),
-        "```",
-        "",
-        "## Provenance",
-        "",
-        "```json",
-        json.dumps(provenance, indent=2, ensure_ascii=False, default=str),
-        "```",
-        "",
-    ]
-    path = directory / CARD_FILE
-    path.write_text("\n".join(l for l in lines if l is not None), encoding="utf-8")
-    return path
+def write_card(directory: Path, **kwargs: Any) -> Path:
+    """The dataset card (`cai.dataset_card.write_card`)."""
+    from cai.dataset_card import write_card as write
+
+    return write(directory, **kwargs)
 
 
-def to_hf_dataset(directory: str | Path, *, config: str = "default"):
-    """The dataset directory as a `datasets.Dataset` (what TRL trainers take)."""
+#: A soft label's reward gap is capped at logit(0.99) ~ 4.6: a label of 1.0 is confident, not infinite.
+MARGIN_CAP = 0.99
+
+
+def preference_margin(p_chosen: float, *, cap: float = MARGIN_CAP) -> float:
+    """The reward gap for which the Bradley-Terry model gives ``p_chosen``: logit(p), p kept in [1-cap, cap].
+
+    TRL's RewardTrainer reads a ``margin`` column and trains ``r_c - r_r`` past it,
+    so a soft label keeps its strength outside cai: p=0.5 asks for no gap, p=0.9 for 2.2.
+    """
+    import math
+
+    p = min(max(float(p_chosen), 1 - cap), cap)
+    return round(math.log(p / (1 - p)), 6)
+
+
+def with_margin(row: dict[str, Any]) -> dict[str, Any]:
+    """A preference row with TRL's ``margin`` column from its ``p_chosen``; a row without one is left as it is."""
+    if row.get("p_chosen") is None:
+        return row
+    return {**row, "margin": preference_margin(row["p_chosen"])}
+
+
+def to_hf_dataset(directory: str | Path, *, config: str = "default", margin: bool = False):
+    """The dataset directory as a `datasets.Dataset` (what TRL trainers take).
+
+    ``margin=True`` adds TRL's ``margin`` column to preference rows, from their soft labels.
+    """
     import datasets
 
     d = Path(directory)
     path = d / DATA_FILE if config == "default" else d / config / DATA_FILE
     if not path.is_file():
         raise DataError(f"{path}: not found; is {d} a finished cai dataset directory?")
-    return datasets.load_dataset("json", data_files=str(path), split="train")
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    if margin:
+        if "p_chosen" not in ds.column_names:
+            raise DataError(f"{path}: no p_chosen column to make a margin from; margin needs preference rows")
+        ds = ds.map(lambda row: {"margin": preference_margin(row["p_chosen"] if row["p_chosen"] is not None else 0.5)})
+    return ds
 
 
-def export_dataset(directory: str | Path, out: str | Path, *, fmt: str = "parquet") -> Path:
-    """Write the rows as parquet, jsonl, or a `save_to_disk` directory."""
-    ds = to_hf_dataset(directory)
+def export_dataset(directory: str | Path, out: str | Path, *, fmt: str = "parquet", margin: bool = False) -> Path:
+    """Write the rows as parquet, jsonl, or a `save_to_disk` directory (``margin``: see `to_hf_dataset`)."""
+    ds = to_hf_dataset(directory, margin=margin)
     out = Path(out)
     if fmt == "parquet":
         ds.to_parquet(str(out))

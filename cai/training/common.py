@@ -91,13 +91,19 @@ def split_eval(rows: list[dict[str, Any]], fraction: float, seed: int = 0) -> tu
 # --- models ----------------------------------------------------------------------------
 
 
-def lora_config(task_type: str, *, modules_to_save: list[str] | None = None) -> Any:
+def lora_config(task_type: str, *, modules_to_save: list[str] | None = None,
+                settings: bool | dict[str, Any] | None = None) -> Any:
+    """cai's LoRA (r=8, alpha 16, no dropout, all linear layers), with ``settings`` (LoraConfig fields) over it."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
-        task_type=task_type, modules_to_save=modules_to_save,
-    )
+    args: dict[str, Any] = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                task_type=task_type, modules_to_save=modules_to_save)
+    if isinstance(settings, dict):
+        extra = dict(settings)
+        if modules_to_save and extra.get("modules_to_save"):
+            extra["modules_to_save"] = [*modules_to_save, *extra["modules_to_save"]]
+        args.update(extra)
+    return LoraConfig(**args)
 
 
 def load_policy(spec: str) -> tuple[Any, Any]:
@@ -161,7 +167,7 @@ def policy_trainer(job: "TrainJob", **extra: Any) -> Any:
     job.tokenizer = tok
     return job.spec.trainer_cls()(
         model=model, args=job.config, train_dataset=Dataset.from_list(job.rows), processing_class=tok,
-        peft_config=lora_config("CAUSAL_LM") if job.lora else None, **extra,
+        peft_config=lora_config("CAUSAL_LM", settings=job.lora) if job.lora else None, **extra,
     )
 
 
@@ -215,7 +221,7 @@ def base_summary(
     model: str,
     settings: dict[str, Any],
     config: Any,
-    lora: bool,
+    lora: bool | dict[str, Any],
     data: dict[str, Any],
     seconds: float,
     trainer: Any,
@@ -243,7 +249,7 @@ def base_summary(
 
 def load_prompt_records(prompts: Any, *, limit: int | None = None) -> tuple[list[Any], dict[str, Any]]:
     """A prompt-set path or a list of PromptRecord -> (records, provenance). Checked before any model loads."""
-    from cai.data import META_FILE, PromptRecord, load_prompts, read_meta
+    from cai.data import PromptRecord, is_cai_dataset, load_prompts, read_meta
 
     if isinstance(prompts, (list, tuple)):
         records = list(prompts)[:limit] if limit else list(prompts)
@@ -251,7 +257,7 @@ def load_prompt_records(prompts: Any, *, limit: int | None = None) -> tuple[list
             raise DataError("prompts: expected a prompt-set path or a non-empty list of PromptRecord")
         return records, {"source": "in-memory", "prompts": len(records)}
     path = Path(prompts)
-    if path.is_dir() and (path / META_FILE).is_file():
+    if path.is_dir() and is_cai_dataset(path):
         kind = read_meta(path).get("kind")
         if kind in ("sft", "preference"):
             from cai.training.spec import commands_for_kind
