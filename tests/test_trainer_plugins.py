@@ -108,3 +108,20 @@ def test_duplicate_trainer_name_refused():
     with pytest.raises(ValueError, match="already registered"):
         register_trainer(TrainerSpec(name="sft", config_class="trl:SFTConfig", trainer_class="trl:SFTTrainer",
                                      data_kind="sft", rows=lambda raw, job: raw))
+
+
+def test_plugin_trainer_gets_a_cai_train_command_with_its_trl_flags(plugin, pref_dir, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["train", "--help"])
+    assert r.exit_code == 0 and "kto" in r.output
+    r = CliRunner().invoke(cli, ["train", "kto", "--help"], terminal_width=200)
+    assert "TRL KTOConfig fields" in r.output and "--desirable_weight, --desirable-weight FLOAT" in r.output
+    out = plugin / "kto-cli"
+    r = CliRunner().invoke(cli, ["train", "kto", "--data", str(pref_dir), "--model", str(tiny_model_dir),
+                                 "--out", str(out), "--max_steps", "1", "--desirable-weight", "2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["trainer"] == "kto" and summary["steps"] == 1 and summary["config"]["desirable_weight"] == 2.0

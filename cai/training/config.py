@@ -93,6 +93,67 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return read_yaml_mapping(path, not_found=f"{path}: config file not found; check the path")
 
 
+# --- TRL recipes -------------------------------------------------------------------------------
+
+#: Keys of TRL's ScriptArguments / ModelConfig that a recipe uses for what cai takes as arguments.
+RECIPE_ARGS = {"model_name_or_path": "model", "dataset_name": "data", "use_peft": "lora"}
+#: ModelConfig's LoRA keys -> peft LoraConfig arguments (cai's LoRA otherwise: r=8, alpha 16, all-linear).
+RECIPE_LORA = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+               "lora_target_modules": "target_modules", "lora_modules_to_save": "modules_to_save",
+               "use_rslora": "use_rslora", "use_dora": "use_dora"}
+#: Recipe keys cai accepts only at the value that is what it does anyway.
+RECIPE_FIXED: dict[str, tuple[Any, str]] = {
+    "dataset_config": (None, "cai reads the dataset directory's own rows"),
+    "dataset_train_split": ("train", "cai trains on all of the directory's rows"),
+    "dataset_test_split": ("test", "cai holds out its own eval pairs (cai train reward --eval-fraction)"),
+    "dataset_streaming": (False, "cai reads the rows into memory"),
+    "ignore_bias_buffers": (False, "cai does not support it"),
+    "model_revision": ("main", "give --model a local directory or a hub id at the revision you want"),
+    "dtype": ("float32", "cai loads float32 weights; set bf16: true for mixed precision"),
+    "torch_dtype": ("float32", "cai loads float32 weights; set bf16: true for mixed precision"),
+    "attn_implementation": (None, "cai uses the model's default attention"),
+    "trust_remote_code": (False, "cai loads only models transformers knows"),
+    "lora_task_type": ("CAUSAL_LM", "cai picks the task type per trainer"),
+    "lora_target_parameters": (None, "cai's LoRA targets modules"),
+    "load_in_8bit": (False, "cai does not quantize"),
+    "load_in_4bit": (False, "cai does not quantize"),
+    "use_bnb_nested_quant": (False, "cai does not quantize"),
+    "bnb_4bit_quant_type": ("nf4", "cai does not quantize"),
+    "bnb_4bit_quant_storage": (None, "cai does not quantize"),
+}
+
+
+def recipe_args(path: str | Path) -> dict[str, Any]:
+    """What a TRL recipe YAML says cai's arguments are: model, data, out, lora (True or LoraConfig settings)."""
+    data = load_config_file(path)
+    args: dict[str, Any] = {RECIPE_ARGS[k]: v for k, v in data.items() if k in RECIPE_ARGS and v is not None}
+    if data.get("output_dir"):
+        args["out"] = data["output_dir"]
+    if data.get("reward_model_path"):  # a PPOConfig field: the reward model PPO trains against
+        args["reward_model"] = data["reward_model_path"]
+    lora = {RECIPE_LORA[k]: v for k, v in data.items() if k in RECIPE_LORA and v is not None}
+    if lora and args.get("lora"):
+        args["lora"] = lora
+    return args
+
+
+def recipe_fields(path: str | Path, data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's TRL config fields: its ScriptArguments / ModelConfig keys taken out (or refused, one line)."""
+    fields = {}
+    for key, value in data.items():
+        if key in RECIPE_ARGS or key in RECIPE_LORA:
+            continue  # the caller's arguments (the CLI reads them with recipe_args)
+        if key in RECIPE_FIXED:
+            expected, why = RECIPE_FIXED[key]
+            if value != expected:
+                raise TrainingConfigError(f"{path}: '{key}: {value}' is not supported ({why}); remove that line")
+            continue
+        if key == "env":
+            raise TrainingConfigError(f"{path}: 'env' is not supported; set those variables in the shell")
+        fields[key] = value
+    return fields
+
+
 def init_fields(config_cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(config_cls) if f.init}
 
@@ -130,14 +191,15 @@ def build_config(
     settings: dict[str, Any] = {**cpu_friendly_defaults(), **(defaults or {})}
     layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
-        layers.append((str(config_file), dict(load_config_file(config_file))))
+        layers.append((str(config_file), recipe_fields(config_file, load_config_file(config_file))))
     if config:
         layers.append((config_source, dict(config)))
     layers.append(("options", {k: v for k, v in (overrides or {}).items() if v is not None}))
     for source, layer in layers:
         for key in layer:
             check_known(config_cls, key, source, valid)
-        if layer.pop("output_dir", None) is not None:
+        given = layer.pop("output_dir", None)
+        if given is not None and Path(given).resolve() != Path(out_dir).resolve():
             log.warning("%s: ignoring output_dir; the model goes to --out (%s)", source, out_dir)
         for key, value in coerce_fields(config_cls, layer, source).items():
             settings[key] = value

@@ -67,7 +67,7 @@ def _build(job: TrainJob) -> Any:
     return job.spec.trainer_cls()(
         args=cfg, processing_class=tok, model=model, ref_model=ref, reward_model=rm, value_model=value,
         train_dataset=Dataset.from_list(tokenize_prompts(job.rows, tok)),
-        peft_config=lora_config("CAUSAL_LM") if job.lora else None,
+        peft_config=lora_config("CAUSAL_LM", settings=job.lora) if job.lora else None,
     )
 
 

@@ -123,7 +123,7 @@ def _build(job: TrainJob) -> Any:
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=job.tokenizer,
         data_collator=collator_cls(pad_token_id=job.tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of),
-        peft_config=lora_config("SEQ_CLS", modules_to_save=["score"]) if job.lora else None,
+        peft_config=lora_config("SEQ_CLS", modules_to_save=["score"], settings=job.lora) if job.lora else None,
     )
     kept = len(trainer.train_dataset)
     if kept == 0:

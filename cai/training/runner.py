@@ -50,7 +50,8 @@ def seed_everything(cfg: Any) -> None:
 
 
 def build_trainer(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *,
-                  config: dict[str, Any] | None = None, config_file: str | Path | None = None, lora: bool = False,
+                  config: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                  lora: bool | dict[str, Any] = False,
                   **kwargs: Any) -> tuple[Any, TrainJob]:
     """The spec's TRL trainer, ready to train, and its job (tests inspect both).
 

@@ -44,7 +44,7 @@ class TrainJob:
     source: Any  # a dataset directory, a prompt file, or a list of PromptRecord
     model: str
     out_dir: Path
-    lora: bool = False
+    lora: bool | dict[str, Any] = False  # True, or peft LoraConfig settings over cai's
     #: The spec's own (non-TRL) options, defaults filled in; hooks may resolve them (e.g. soft_labels).
     options: dict[str, Any] = field(default_factory=dict)
     config: Any = None  # the TRL config object
