@@ -223,7 +223,11 @@ class ConstitutionJudge:
         scores = self.backend.choice_logprobs(to_score, self.options) if jobs else []
 
         per_pair: list[list[dict[str, Any]]] = [[] for _ in plans]
+        failed: dict[int, list[str]] = {}
         for (i, p, order, _), rationale, s in zip(jobs, rationales, scores):
+            if any(math.isnan(x) for x in s.logprobs):  # the backend could not score it: the pair fails
+                failed.setdefault(i, []).append(f"{p.id}/{order}: {s.extra.get('error') or 'no score'}")
+                continue
             p_slot_a = math.exp(s.logprobs[0])
             p_a = p_slot_a if order == "ab" else 1.0 - p_slot_a
             entry: dict[str, Any] = {"principle_id": p.id, "order": order, "p_slot_a": p_slot_a}
@@ -236,12 +240,14 @@ class ConstitutionJudge:
             per_pair[i].append(entry)
 
         out: list[Judgement] = []
-        for plan, entries in zip(plans, per_pair):
+        for i, (plan, entries) in enumerate(zip(plans, per_pair)):
             ids = [p.id for p in plan["principles"]]
-            if plan["skipped"]:
+            if plan["skipped"] or i in failed:
                 nan = float("nan")
                 out.append(Judgement(p_a=nan, p_a_first=nan, p_a_second=None, position_consistent=None,
-                                     principle_ids=ids, per_principle={}, skipped=True, notes=plan["notes"]))
+                                     principle_ids=ids, per_principle={}, skipped=True,
+                                     notes=plan["notes"] + failed.get(i, []),
+                                     failure="scoring_failed" if i in failed else "overflow"))
                 continue
             out.append(self._aggregate(ids, entries, plan))
         return out

@@ -34,6 +34,9 @@ class Judgement:
     #: Skipped (on_overflow="skip"): p_a is NaN and nothing was scored.
     skipped: bool = False
     notes: list[str] = field(default_factory=list)
+    #: Why a skipped pair has no label: "overflow" (on_overflow="skip") or "scoring_failed"
+    #: (the backend could not score a conversation: an option absent from its top tokens, a prompt too long).
+    failure: str | None = None
     #: One entry per scored conversation: principle_id, order ("ab"/"ba"), p_slot_a, p_a (after clamping).
     details: list[dict[str, Any]] = field(default_factory=list)
 

@@ -157,11 +157,13 @@ def test_cli_distill_then_contrastive_with_a_tiny_model(tmp_path, tiny_model_dir
     rows = read_rows(out)
     red_rows = [x for x in rows if x["set"] == "red_team"]
     assert len(red_rows) == 3 and all(x["target_source"] == "constitution_refusal" for x in red_rows)
-    meta = json.loads((out / "cai_dataset.json").read_text())
+    from cai.data import FAILURES_FILE, read_meta
+
+    meta = read_meta(out)
     assert meta["fingerprint"]["config"]["max_new_tokens"] == 6
     r = CliRunner().invoke(cli, ["generate", "contrastive", "--distill", str(out), "--out", str(tmp_path / "pairs")])
     assert r.exit_code == 0, r.output
-    pairs, skipped = read_rows(tmp_path / "pairs"), list(read_jsonl(tmp_path / "pairs" / "failures.jsonl"))
+    pairs, skipped = read_rows(tmp_path / "pairs"), list(read_jsonl(tmp_path / "pairs" / FAILURES_FILE))
     assert all(p["label_source"] == "contrastive" for p in pairs)
     assert len(pairs) + len(skipped) == len(rows)  # every distilled row became a pair or a recorded skip
     # a constitution without refusals is refused before any model loads

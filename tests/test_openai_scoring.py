@@ -235,8 +235,6 @@ def test_raw_completions_score_what_the_chat_endpoint_loses(tiny_backend, tiny_m
     assert long.extra["error_kind"] == "context_length" and "context size" in choice_failure(long)
 
 
-@pytest.mark.xfail(reason="needs the judge to turn a failed choice score (NaN, extra['error']) into a failed "
-                          "judgement the labeller records; see the report", strict=False)
 def test_labeller_records_the_missing_option_as_a_failure(tiny_backend, tiny_constitution_path):
     from cai.constitution import load_constitution
     from cai.data import PromptRecord

@@ -78,7 +78,7 @@ def test_serve_strips_its_key_and_refuses_a_broken_one(monkeypatch):
     monkeypatch.setenv("CAI_TEST_SERVE_KEY", SECRET + "\r\n")
     monkeypatch.setenv("CAI_TEST_CLIENT_KEY", SECRET)
     with ChatServer(ScriptedBackend(), api_key_env="CAI_TEST_SERVE_KEY") as server:
-        api = OpenAIBackend("m", base_url=server.url, api_key_env="CAI_TEST_CLIENT_KEY", timeout=5)
+        api = OpenAIBackend("scripted", base_url=server.url, api_key_env="CAI_TEST_CLIENT_KEY", timeout=5)
         assert api.generate([[{"role": "user", "content": "hi"}]], SamplingParams())[0].text
     monkeypatch.setenv("CAI_TEST_SERVE_KEY", "sk-abc\ndef-0123456789")
     with pytest.raises(UserInputError) as e:

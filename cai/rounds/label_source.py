@@ -8,7 +8,6 @@ and a reward model or DPO trained on noise does not make the policy better.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,10 +30,11 @@ class LabelSourceChoice(BaseModel):
 
 
 def labeller_consistency(ctx: StageContext) -> float | None:
-    card = ctx.input_dir("preferences") / "cai_dataset.json"
-    if not card.exists():
+    from cai.data import meta_path, read_meta
+
+    if meta_path(ctx.input_dir("preferences")) is None:
         return None
-    stats = json.loads(card.read_text(encoding="utf-8")).get("summary", {}).get("labeller", {})
+    stats = read_meta(ctx.input_dir("preferences")).get("summary", {}).get("labeller", {})
     value = stats.get("position_consistency_rate")
     return float(value) if isinstance(value, (int, float)) else None
 

@@ -140,9 +140,10 @@ def label_preferences(
     for (rec, i, j, a, b), v in zip(todo, verdicts):
         pid = pair_id(rec.id, i, j)
         if v.skipped:
-            out.failures.append({"id": pid, "source_id": rec.id, "reason": "overflow",
+            reason = v.failure or "overflow"
+            out.failures.append({"id": pid, "source_id": rec.id, "reason": reason,
                                  "raw": [a, b], "prompt": rec.text, "notes": v.notes})
-            _tally(out, "overflow")
+            _tally(out, reason)
             continue
         row = _row(rec, pid, (i, j), a, b, v)
         _tally(out, "labelled")

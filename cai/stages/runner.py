@@ -119,6 +119,26 @@ class DatasetJob:
     summarize: Callable[[DatasetWriter], dict[str, Any]] | None = None
 
 
+def check_same_prompts(writer: DatasetWriter, records: Sequence[PromptRecord]) -> None:
+    """Refuse a rerun whose prompt set does not hold every prompt already written (another prompt file).
+
+    Extending the same set (a higher --limit, more lines appended) resumes; rows of prompts
+    that are not in this set would be merged in silently, so that is an error instead.
+    """
+    from cai.data import read_jsonl, read_rows
+    from cai.errors import UserInputError
+
+    if not writer.done_ids and not writer.failed_ids:
+        return
+    ids = {r.id for r in records}
+    written = [*read_rows(writer.dir), *read_jsonl(writer.fail_path)]
+    stray = [x for x in written if str(x.get("source_id", x.get("id"))) not in ids]
+    if stray:
+        raise UserInputError(
+            f"{writer.dir}: holds rows of {len(stray)} prompt(s) that are not in this prompt set "
+            "(another prompt file?); rerun with the same prompts, add --overwrite, or use a new --out")
+
+
 def failures_by_reason(writer: DatasetWriter) -> dict[str, int]:
     from cai.data import read_jsonl
 
@@ -139,13 +159,9 @@ def run_dataset(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run ``job`` over ``records`` into a resumable dataset directory; returns counts and summary."""
-    from cai.data import stable_hash
-
-    # The prompt set's identity is part of the fingerprint: a rerun into the same directory
-    # with another prompt file is refused, never merged with the first one's rows.
-    fingerprint = {**job.fingerprint, "records": stable_hash(sorted(r.id for r in records))}
-    writer = DatasetWriter(out_dir, kind=job.kind, fingerprint=fingerprint, provenance=job.provenance,
+    writer = DatasetWriter(out_dir, kind=job.kind, fingerprint=job.fingerprint, provenance=job.provenance,
                            overwrite=overwrite)
+    check_same_prompts(writer, records)
     done = job.done or (lambda w, r: w.is_done(r.id))
     todo = [r for r in records if not done(writer, r)]
     stats = run_stage(todo, writer, job.process, chunk_size=chunk_size, desc=job.desc, progress=progress)

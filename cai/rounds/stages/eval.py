@@ -104,9 +104,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if e.keep_samples:
         metrics.samples = [{"prompt": p, **{name: responses[name].get(p) for name in models}}
                            for p in list(responses[cand])[:6]]
-    prefs = ctx.input_dir("preferences") / "cai_dataset.json"
-    if ctx.has_input("preferences") and prefs.exists():
-        metrics.labeller = json.loads(prefs.read_text()).get("summary", {}).get("labeller", {})
+    from cai.data import meta_path, read_meta
+
+    if ctx.has_input("preferences") and meta_path(ctx.input_dir("preferences")) is not None:
+        metrics.labeller = read_meta(ctx.input_dir("preferences")).get("summary", {}).get("labeller", {})
     out = metrics.to_dict()
     (ctx.out / "metrics.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
     return {key: out[key] for key in ("win_rates", "refusal", "reward", "label_sources")}
