@@ -194,7 +194,7 @@ def render_try(doc: dict[str, Any]) -> str:
         tds = []
         for q in doc["prompts"]:
             i, cell = by[(p["id"], q["prompt_id"])]
-            tds.append(f'<td><a class="v-{_e(cell["verdict"])}" href="#cell-{i}">{_e(short(cell))}</a></td>')
+            tds.append(f'<td><a class="v-{_e(cell["verdict"])}" href="#cell-{i}">{_e(short(cell, 40))}</a></td>')
         rows.append(f'<tr><th title="{_e(p["critique_request"])}">{_e(p["id"])}</th>{"".join(tds)}</tr>')
     principles = {p["id"]: p for p in doc["principles"]}
     cards = []

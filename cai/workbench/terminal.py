@@ -135,7 +135,7 @@ def text_diff_lines(d: dict[str, Any], width: int = 120) -> list[str]:
             lines += textwrap.wrap(render_word_diff(s["diff"]), width, initial_indent="      ",
                                    subsequent_indent="        ")
     if same:
-        lines.append(f"  unchanged: {', '.join(same)}")
+        lines += textwrap.wrap(f"unchanged: {', '.join(same)}", width, initial_indent="  ", subsequent_indent="    ")
     if not changed and not d["shared"]:
         lines.append("  no differences")
     return lines
