@@ -226,7 +226,7 @@ def training_section(run: RunData, figs: Figures) -> list[Block]:
         t = s.training
         rows.append([s.name, str(t.get("trainer", "")), str(t.get("steps", "")), _f(t.get("seconds"), 1),
                      _f(t.get("final_loss"), 4), _eval_text(s)])
-    blocks.append(Table(["stage", "trainer", "steps", "seconds", "final loss", "held-out"], rows))
+    blocks.append(Table(["stage", "trainer", "steps", "seconds", "final loss", "held-out"], rows, cls="nowrap1"))
     blocks.append(Para(f"KL is TRL's per-batch sampled estimate of KL(policy ‖ reference) (it can dip below zero); "
                        "flagged as a blow-up above " + " or ".join(f"{lim:g} {unit} ({key})" for key, (lim, unit)
                                                                  in KL_LIMITS.items()) + ".", cls="muted"))
@@ -345,6 +345,9 @@ def _stage_note(s: StageView) -> str:
         parts.append(f"final loss {_f(sm['final_loss'], 4)}")
     if "label_source" in sm:
         parts.append(f"labels: {sm['label_source']}")
+    tallies = sm.get("tallies")
+    if isinstance(tallies, dict) and tallies:
+        parts.append(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in tallies.items()))
     wr = (sm.get("win_rates") or {}).get("vs round-0")
     if isinstance(wr, dict):
         parts.append(f"win rate vs round 0 {_f(wr.get('rate'))}")
@@ -363,7 +366,8 @@ def stages_section(run: RunData) -> list[Block]:
             if r.stage(name) is None:
                 rows.append([f"round-{r.k}/{name}", [Badge("pending", "neutral")], "", ""])
     blocks: list[Block] = [Heading(2, "Stages", "stages")]
-    blocks.append(Table(["stage", "status", "seconds", "summary"], rows) if rows else Para("No stage has run yet."))
+    blocks.append(Table(["stage", "status", "seconds", "summary"], rows, cls="nowrap1") if rows
+                  else Para("No stage has run yet."))
     return blocks
 
 

@@ -203,6 +203,7 @@ h3{margin-top:1.4em}table{border-collapse:collapse;margin:.6em 0;font-size:.93em
 th,td{border:1px solid var(--line);padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:var(--bg2)}code{background:var(--bg2);padding:0 .25em;border-radius:3px;font-size:.92em}
 pre{background:var(--bg2);padding:1em;overflow:auto;font-size:.85em;border-radius:6px}
+pre code{padding:0;background:none;font-size:1em}.nowrap1 td:first-child{white-space:nowrap}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid var(--line);border-radius:4px}
 figcaption{color:var(--muted);font-size:.88em}
 .badge{display:inline-block;padding:0 .5em;border-radius:1em;font-size:.85em;font-weight:600;
