@@ -94,10 +94,13 @@ def test_report_renders_in_chromium(tmp_path):
     for run in _runs(tmp_path):
         _, report = write_report(run)
         found = check_page(report)
-        assert found["images"] == len(list(run.glob("plot_*.png"))) > 0
+        assert found["images"] == len(list(run.glob("plot_*.png")))
+        assert found["images"] > 0 or run.name not in ("run-new", "run-old")  # a real run mid-way may have none
         assert found["loaded"] == found["images"], f"images that did not load: {found['broken']}"
         assert found["verdict"] and found["verdict_text"].startswith("Round 1:")
-        assert "harmlessness" in found["verdict_text"] and "over-refusal" in found["verdict_text"]
+        evaluated = "not evaluated yet" not in found["verdict_text"]
+        assert evaluated or run.name not in ("run-new", "run-old")
+        assert not evaluated or ("harmlessness" in found["verdict_text"] and "over-refusal" in found["verdict_text"])
         assert_no_raw_markdown(found["text"])
         assert found["width"] <= 1400, "the page scrolls sideways"
         png = screenshot(report, shots / f"{run.name}.png")
