@@ -351,3 +351,11 @@ def test_diff_rates_with_wilson_intervals_from_20_prompts(constitution):
     assert "refusal 100% [" in diff_text(doc)
     small = diff_document(run_diff(constitution, b, ["harm"], recs[:3], backend(refuse_harmful)))
     assert small["b"]["principles"][0]["rates"] is None
+
+
+def test_a_pair_the_backend_cannot_score_is_unjudged(constitution):
+    nan = float("nan")
+    m = run_matrix(constitution, constitution.principles[:1], prompts(1), backend(score=lambda c, o: [nan, nan]))
+    cell = m.cells[0]
+    assert cell["verdict"] == "unjudged" and cell["judge"]["p_revision"] is None
+    assert cell["judge"]["failure"] == "scoring_failed"

@@ -101,7 +101,7 @@ def _judgement(j: Any) -> dict[str, Any]:
 
     return {"p_revision": num(j.p_a), "p_revision_first": num(j.p_a_first), "p_revision_second": num(j.p_a_second),
             "position_consistent": j.position_consistent, "truncated": j.truncated, "skipped": j.skipped,
-            "notes": list(j.notes)}
+            "failure": getattr(j, "failure", None), "notes": list(j.notes)}
 
 
 def _refusal(detector: RefusalDetector, text: str | None) -> dict[str, str] | None:
