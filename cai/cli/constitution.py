@@ -218,8 +218,15 @@ def diff(a, b, prompts_path, prompt_texts, limit, principles, out, cache_dir, no
     --out, writes OUT/diff.html and OUT/diff.json.
     """
     from cai.constitution import load_constitution
-    from cai.workbench import constitution_diff, diff_document, diff_principle_ids, gather_prompts, parse_principles
-    from cai.workbench import run_diff, write
+    from cai.workbench import (
+        constitution_diff,
+        diff_document,
+        diff_principle_ids,
+        gather_prompts,
+        parse_principles,
+        run_diff,
+        write,
+    )
     from cai.workbench.document import check_out_dir
     from cai.workbench.terminal import diff_text, text_diff_lines
 

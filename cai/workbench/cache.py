@@ -80,8 +80,8 @@ class CellCache:
         if self.root is not None:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-", delete=True)
-                probe.close()
+                with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                    pass
             except OSError as e:
                 raise UserInputError(f"{self.root}: cannot use as the workbench cache ({e.strerror or e}); "
                                      "give another --cache directory") from None

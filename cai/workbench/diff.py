@@ -4,9 +4,10 @@ the change does on the prompts (both versions run through the same matrix and ca
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from cai.backends.base import Backend
 from cai.constitution import Constitution, Principle

@@ -16,6 +16,7 @@ revisions (plus one per retry round), and one judge scoring call per principle.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ from cai.judge import OPTIONS, ConstitutionJudge
 from cai.refusal import RefusalDetector
 from cai.stages.responses import policy_conversation
 from cai.stages.revise import (
-    _Batch,
     ReviseConfig,
+    _Batch,
     critique_conversation,
     degenerate_reason,
     few_shot_context,
@@ -97,7 +98,7 @@ def _verdict(initial: dict[str, Any], cell: dict[str, Any]) -> str:
 
 def _judgement(j: Any) -> dict[str, Any]:
     def num(x: float | None) -> float | None:
-        return None if x is None or x != x else round(float(x), 4)  # NaN (skipped) -> None
+        return None if x is None or math.isnan(x) else round(float(x), 4)  # NaN (skipped) -> None
 
     return {"p_revision": num(j.p_a), "p_revision_first": num(j.p_a_first), "p_revision_second": num(j.p_a_second),
             "position_consistent": j.position_consistent, "truncated": j.truncated, "skipped": j.skipped,
@@ -267,7 +268,7 @@ def _compute(
         rev = cells[k].get("revision")
         if rev and _norm(rev) != _norm(resp(k)):
             to_judge.setdefault(prin(k).id, []).append(k)
-    for pid, ks in to_judge.items():
+    for ks in to_judge.values():
         p = prin(ks[0])
         if not p.comparison_question:
             for k in ks:

@@ -6,8 +6,8 @@ Every problem is a ``UserInputError`` (one line, exit 2), raised before any mode
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cai.constitution import Constitution, Principle
 from cai.data import PromptRecord, load_prompts
