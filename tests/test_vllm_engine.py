@@ -26,9 +26,15 @@ if os.environ.get("CAI_TEST_VLLM") == "1":
 else:
     vllm = pytest.importorskip("vllm", reason="vLLM is not installed here; `make test-vllm` runs these")
 
-from cai.backends.base import SamplingParams
-from cai.backends.transformers import TransformersBackend
-from cai.backends.vllm import VLLMBackend
+import torch
+
+# One thread for the transformers reference in this process: vLLM's worker holds a core,
+# and OpenMP spin-waiting under contention makes 2-thread generation many times slower.
+torch.set_num_threads(1)
+
+from cai.backends.base import SamplingParams  # noqa: E402
+from cai.backends.transformers import TransformersBackend  # noqa: E402
+from cai.backends.vllm import VLLMBackend  # noqa: E402
 
 #: |vLLM - transformers| allowed in a normalised option log-prob and in a soft label.
 LOGPROB_TOL = 1e-3
