@@ -270,3 +270,10 @@ def test_kl_limits_per_trainer_key_and_non_finite_kl(tmp_path):
     assert not any("round-1/ppo" in t for t in kl)  # 15 nats summed over a sequence is within its limit
     assert any("round-1/nan: KL to the reference is not finite at step 2" in t for t in kl)
     write_report(d)
+
+
+def test_problems_are_listed_before_checks(old_run, new_run):
+    for run in (old_run, new_run):
+        for v in verdicts(collect(run)):
+            levels = [f.level for f in v.flags]
+            assert levels == sorted(levels, key=lambda lvl: lvl != "bad")

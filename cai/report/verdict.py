@@ -266,7 +266,7 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
         v.win_rates = {k: w for k, w in (r.metrics.get("win_rates") or {}).items() if isinstance(w, dict)}
     v.label_sources = label_sources(r)
     stage, v.labeller = labeller_stats(r)
-    # -- flags, most serious first
+    # -- flags
     consistency = num(v.labeller.get("position_consistency_rate"))
     if consistency is not None and consistency < MIN_POSITION_CONSISTENCY:
         used = [s for s, src, _ in v.label_sources if src == "judge"]
@@ -314,6 +314,7 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
             v.flags.append(Flag("warn", f"answers got repetitive: distinct-2 on benign answers {d0:.2f} → {dk:.2f}"))
     elif "eval" not in run.pipeline:
         v.flags.append(Flag("warn", "the pipeline has no eval stage: nothing measures this round's policy"))
+    v.flags.sort(key=lambda f: f.level != "bad")  # problems first, then checks
     return v
 
 
