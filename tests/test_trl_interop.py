@@ -188,14 +188,16 @@ def test_one_trl_recipe_for_trl_sft_and_cai_train_sft(revisions_dir, tiny_model_
     recipe.write_text(
         f"model_name_or_path: {tiny_model_dir}\ndataset_name: {revisions_dir}\ndataset_train_split: train\n"
         f"output_dir: {tmp_path / 'from-recipe'}\nlearning_rate: 1e-4\nmax_steps: 1\nmax_length: 64\n"
-        "per_device_train_batch_size: 2\nbf16: false\nuse_cpu: true\nreport_to: none\nsave_strategy: 'no'\n")
+        "per_device_train_batch_size: 2\nbf16: false\nuse_cpu: true\nreport_to: none\nsave_strategy: 'no'\n"
+        "use_peft: true\nlora_r: 4\nlora_alpha: 8\n")
     _trl("sft", "--config", str(recipe), cwd=tmp_path)
-    assert (tmp_path / "from-recipe" / "model.safetensors").is_file()
+    assert (tmp_path / "from-recipe" / "adapter_model.safetensors").is_file()  # TRL saves the LoRA adapter
     r = CliRunner().invoke(cli, ["train", "sft", "--config", str(recipe), "--output_dir", str(tmp_path / "cai")])
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "cai" / "training_summary.json").read_text())
     assert summary["base_model"] == str(tiny_model_dir) and summary["data"]["path"] == str(revisions_dir.resolve())
     assert summary["config"]["learning_rate"] == 1e-4 and summary["steps"] == 1
+    assert summary["lora"] == {"r": 4, "lora_alpha": 8}  # ModelConfig's LoRA keys, over cai's LoRA
 
 
 # --- a TRL-like `cai train` ------------------------------------------------------------------------
@@ -246,3 +248,10 @@ def test_recipe_keys_cai_does_not_support_are_one_line(yaml_line, message, revis
 def test_missing_data_names_the_recipe_key_too(tmp_path):
     r = CliRunner().invoke(cli, ["train", "sft", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "Missing option '--data'" in r.output and "--config" in r.output
+
+
+def test_ppo_needs_a_reward_model_from_a_flag_or_the_recipe(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    r = CliRunner().invoke(cli, ["train", "ppo", "--prompts", str(prompts), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "Missing option '--reward-model'" in r.output

@@ -141,8 +141,8 @@ class TrainerCommand(click.Command):
                 params[key] = params[key] or recipe.get(key)
             if ctx.get_parameter_source("model") is click.core.ParameterSource.DEFAULT and recipe.get("model"):
                 params["model"] = recipe["model"]
-            if not params["lora"] and recipe.get("lora"):
-                params["lora"] = recipe["lora"]
+            if params["lora"] or recipe.get("lora"):
+                params["lora"] = recipe.get("lora_settings") or True
             if "reward_model" in params:
                 params["reward_model"] = params["reward_model"] or recipe.get("reward_model")
         for key, flag in (("data", "--prompts" if self._spec.data_kind == "prompts" else "--data"), ("out", "--out")):

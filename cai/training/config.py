@@ -132,8 +132,8 @@ def recipe_args(path: str | Path) -> dict[str, Any]:
     if data.get("reward_model_path"):  # a PPOConfig field: the reward model PPO trains against
         args["reward_model"] = data["reward_model_path"]
     lora = {RECIPE_LORA[k]: v for k, v in data.items() if k in RECIPE_LORA and v is not None}
-    if lora and args.get("lora"):
-        args["lora"] = lora
+    if lora:
+        args["lora_settings"] = lora  # used when LoRA is on (use_peft here, or --lora)
     return args
 
 
