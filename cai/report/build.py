@@ -133,6 +133,9 @@ def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
              and "label_source" not in s.summary and "/" not in s.summary["data"]]
     items += [[Strong(stage), " trained on ", Badge(f"{src} labels", "neutral"), f": {why}" if why else ""]
               for stage, src, why in v.label_sources]
+    items += [[Strong(s.stage), f" trained by {s.training['trainer']} against ", Badge("the reward model", "neutral")]
+              for s in run_round.stages if s.training.get("trainer") in ("ppo", "rloo", "grpo")
+              and "label_source" not in s.summary]
     if items:
         blocks += [Para("What trained this round:"), Bullets(items)]
     if not v.label_sources:
