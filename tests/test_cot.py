@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from fakes import ScriptedBackend
 
-from cai.data import read_jsonl, read_meta, read_rows
+from cai.data import FAILURES_FILE, read_jsonl, read_meta, read_rows
 from cai.errors import DataError, UserInputError
 from cai.stages.cot import CotConfig, generate_cot, load_cot_config, load_questions, majority_vote, run_cot
 
@@ -274,7 +274,7 @@ def test_end_to_end_on_the_embedded_default(tmp_path, embedded_dir, one_thread):
     assert s["questions"] == 2 and s["questions_with_gold"] == 2
     assert s["greedy_accuracy"] is not None and s["self_consistency_accuracy"] is not None
     rows = read_rows(tmp_path / "out")
-    failures = list(read_jsonl(tmp_path / "out" / "failures.jsonl"))
+    failures = list(read_jsonl(tmp_path / "out" / FAILURES_FILE))
     # Every question is accounted for: kept rows or a dropped record with a reason.
     assert {r["source_id"] for r in rows} | {f["id"] for f in failures if f["kind"] == "dropped"} == {"q1", "q2"}
     for r in rows:

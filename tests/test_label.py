@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from cai.cli.main import cli
 from cai.constitution import load_constitution
-from cai.data import PromptRecord, read_jsonl, read_meta, read_rows
+from cai.data import FAILURES_FILE, PromptRecord, read_jsonl, read_meta, read_rows
 from cai.errors import UserInputError
 from cai.stages.label import LabelConfig, label_preferences, labeller_statistics, run_preferences
 
@@ -163,7 +163,7 @@ def test_cli(tmp_path, tiny_model_dir, tiny_constitution_path):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "position_consistency_rate" in res.output
-    rows, fails = read_rows(out), list(read_jsonl(out / "failures.jsonl"))
+    rows, fails = read_rows(out), list(read_jsonl(out / FAILURES_FILE))
     assert len(rows) + len(fails) == 2
     bad = CliRunner().invoke(cli, args[:-2] + ["--principles", "0", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "principles" in bad.output

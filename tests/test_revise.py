@@ -13,7 +13,7 @@ from fakes import ScriptedBackend
 
 from cai.cli.main import cli
 from cai.constitution import load_constitution
-from cai.data import PromptRecord, dataset_kind, read_jsonl, read_meta, read_rows, to_hf_dataset
+from cai.data import FAILURES_FILE, PromptRecord, dataset_kind, read_jsonl, read_meta, read_rows, to_hf_dataset
 from cai.errors import UserInputError
 from cai.stages.revise import (
     ReviseConfig,
@@ -238,7 +238,7 @@ def test_cli_revisions(tmp_path, tiny_model_dir, tiny_constitution_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])["summary"]
     assert summary["new_rows"] + summary["new_failed"] == 2 and summary["completion_tokens_per_s"] > 0
-    assert len(read_rows(out)) + len(list(read_jsonl(out / "failures.jsonl"))) == 2
+    assert len(read_rows(out)) + len(list(read_jsonl(out / FAILURES_FILE))) == 2
 
 
 def test_cli_bad_input(tmp_path, tiny_constitution_path):
@@ -271,7 +271,7 @@ def test_end_to_end_embedded_default(tmp_path, embedded_dir):
     cfg = ReviseConfig(response=s, critique=s, revision=s, retries=1)
     result = run_revisions(prompts, tmp_path / "e2e", constitution, backend, config=cfg, progress=False)
     rows = read_rows(tmp_path / "e2e")
-    failures = list(read_jsonl(tmp_path / "e2e" / "failures.jsonl"))
+    failures = list(read_jsonl(tmp_path / "e2e" / FAILURES_FILE))
     assert len(rows) + len(failures) == 3
     assert result["summary"]["completion_tokens"] > 0
     for row in rows:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 
-from cai.data import PromptRecord, read_jsonl, read_meta
+from cai.data import FAILURES_FILE, PromptRecord, read_jsonl, read_meta
 
 N_PROMPTS = 12
 
@@ -74,7 +74,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_prompt_once(tmp_path, tiny_model
     assert read_meta(out)["status"] == "complete"
 
     rows = list(read_jsonl(out / "data.jsonl"))
-    failures = list(read_jsonl(out / "failures.jsonl"))
+    failures = list(read_jsonl(out / FAILURES_FILE))
     ids = [PromptRecord(messages=[{"role": "user", "content": t}]).id for t in texts]
     # Every prompt exactly once: one final row or one failure, never both, never twice.
     finals = Counter(r["id"] for r in rows if r["final"])

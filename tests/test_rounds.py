@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cai.cli.main import cli
-from cai.data import read_jsonl
+from cai.data import FAILURES_FILE, read_jsonl, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def write_config(path: Path, model: Path, rounds: int = 2, **changes: str) -> Pa
 
 def stage_ids(run_dir: Path, stage: str) -> tuple[list[str], list[str]]:
     d = run_dir / stage
-    return [r["id"] for r in read_jsonl(d / "data.jsonl")], [r["id"] for r in read_jsonl(d / "failures.jsonl")]
+    return [r["id"] for r in read_jsonl(d / "data.jsonl")], [r["id"] for r in read_jsonl(d / FAILURES_FILE)]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_two_rounds_complete_with_manifest_and_report(two_rounds):
     stages = manifest["stages"]
     assert len(stages) == 16 and all(s["status"] == "complete" for s in stages.values())
     # round 2 starts from round 1's RL policy
-    resolved = json.loads((run_dir / "round-2/revisions/cai_dataset.json").read_text())
+    resolved = read_meta(run_dir / "round-2/revisions")
     assert resolved["fingerprint"]["policy"] == str(run_dir / "round-1" / "rl")
     metrics = json.loads((run_dir / "round-2/eval/metrics.json").read_text())
     assert set(metrics["win_rates"]) == {"vs round-0", "vs round-1"}
@@ -115,7 +115,7 @@ def test_kill_mid_stage_then_resume_matches_uninterrupted(two_rounds, tmp_path, 
     deadline = time.time() + 300
     try:
         while time.time() < deadline:  # wait for the first chunk of revisions, then kill hard
-            done = sum(1 for _ in read_jsonl(revisions / "data.jsonl")) + sum(1 for _ in read_jsonl(revisions / "failures.jsonl"))
+            done = sum(1 for _ in read_jsonl(revisions / "data.jsonl")) + sum(1 for _ in read_jsonl(revisions / FAILURES_FILE))
             if done >= 1 or proc.poll() is not None:
                 break
             time.sleep(0.01)  # a tiny-model chunk takes ~0.1 s: poll well inside that
@@ -167,7 +167,7 @@ def test_keep_samples_false_two_rounds_and_a_short_pipeline(tmp_path, tiny_model
     assert set(metrics["win_rates"]) == {"vs round-0", "vs round-1"} and metrics["samples"] == []
     assert "samples" not in json.loads((out / "round-2/eval/eval.json").read_text())["models"]["round-2"]
     # round 2's revisions start from round 1's SFT model: the policy stage of this pipeline
-    card = json.loads((out / "round-2/revisions/cai_dataset.json").read_text())
+    card = read_meta(out / "round-2/revisions")
     assert card["fingerprint"]["policy"] == str(out / "round-1" / "sft")
 
 

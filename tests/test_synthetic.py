@@ -10,7 +10,7 @@ from fakes import ScriptedBackend
 
 from cai.cli import options
 from cai.cli.main import cli
-from cai.data import dataset_kind, read_jsonl, read_rows
+from cai.data import FAILURES_FILE, dataset_kind, read_jsonl, read_rows
 from cai.dedup import dedup_file, dedup_texts
 from cai.errors import UserInputError
 from cai.stages.synthetic import SyntheticConfig, parse_numbered, run_synthetic_prompts
@@ -99,7 +99,7 @@ def test_unparseable_output_is_a_recorded_failure(tmp_path):
     backend = ScriptedBackend(lambda conv: "\n\nHere are some ideas, in prose.")
     cfg = SyntheticConfig(n=5, requests_per_round=2, max_rounds=10)
     result = run_synthetic_prompts(SEEDS, tmp_path / "s", backend, config=cfg, progress=False)
-    fails = list(read_jsonl(tmp_path / "s" / "failures.jsonl"))
+    fails = list(read_jsonl(tmp_path / "s" / FAILURES_FILE))
     # Gives up after STALL_ROUNDS rounds with nothing new, each failure kept with its raw text.
     assert len(backend.generate_calls) == 3 and len(fails) == 6
     assert all(f["reason"] == "unparseable" and f["raw"].endswith("in prose.") for f in fails)

@@ -106,11 +106,7 @@ def critique_conversation(
     templates: PromptTemplates,
     few_shot: list[dict[str, Any]],
 ) -> Conversation:
-    rendered = templates.render_messages(
-        CRITIQUE_TEMPLATE, system_prompt=constitution.system_prompt, prompt=record.text,
-        response=response, principle=principle, few_shot=few_shot, constitution=constitution,
-    )
-    return _with_history(record, rendered)
+    return _step_conversation(CRITIQUE_TEMPLATE, record, response, principle, constitution, templates, few_shot)
 
 
 def revision_conversation(
@@ -122,10 +118,16 @@ def revision_conversation(
     templates: PromptTemplates,
     few_shot: list[dict[str, Any]],
 ) -> Conversation:
+    return _step_conversation(REVISION_TEMPLATE, record, response, principle, constitution, templates, few_shot,
+                              critique=critique)
+
+
+def _step_conversation(template: str, record: PromptRecord, response: str, principle: Principle,
+                       constitution: Constitution, templates: PromptTemplates, few_shot: list[dict[str, Any]],
+                       **extra: Any) -> Conversation:
     rendered = templates.render_messages(
-        REVISION_TEMPLATE, system_prompt=constitution.system_prompt, prompt=record.text,
-        response=response, critique=critique, principle=principle, few_shot=few_shot,
-        constitution=constitution,
+        template, system_prompt=constitution.system_prompt, prompt=record.text, response=response,
+        principle=principle, few_shot=few_shot, constitution=constitution, **extra,
     )
     return _with_history(record, rendered)
 

@@ -150,7 +150,7 @@ def run_synthetic_prompts(
     out = Path(out_dir)
     accepted = [r["prompt"] for r in read_jsonl(out / "data.jsonl")]
     done_rounds = [r.get("round", -1) for r in read_jsonl(out / "data.jsonl")]
-    done_rounds += [r.get("round", -1) for r in read_jsonl(out / "failures.jsonl")]
+    done_rounds += [r.get("round", -1) for r in read_jsonl(writer.fail_path)]
     round_index = max(done_rounds, default=-1) + 1
     total = ChunkResult()
     started, stalled, rounds = time.perf_counter(), 0, 0
