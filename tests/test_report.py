@@ -119,7 +119,8 @@ def test_verdict_improved_then_worse_vs_previous_round(new_run):
     assert v1.change("round-0", "benign_refusal").word == ("no change", "neutral")
     assert v1.change("round-0", "benign_look_unsafe_refusal").word == ("worse, within noise", "warn")
     assert v1.label_sources == [("dpo", "contrastive", "no preferences stage")]
-    assert any("round-1/distill: 10 of 40 rows failed" in f.text and f.level == "warn" for f in v1.flags)
+    assert any("round-1/distill: 10 of 40 rows failed" in f.text and "distill/.cai/failures.jsonl" in f.text
+               and f.level == "warn" for f in v1.flags)
     assert v1.level == "warn"
     assert set(v2.changes) == {"round-0", "round-1"}
     worse = v2.change("round-1", "red_team_refusal")
@@ -278,3 +279,10 @@ def test_problems_are_listed_before_checks(old_run, new_run):
         for v in verdicts(collect(run)):
             levels = [f.level for f in v.flags]
             assert levels == sorted(levels, key=lambda lvl: lvl != "bad")
+
+
+def test_dataset_card_where_older_cai_wrote_it(old_run):
+    prefs = old_run / "round-1" / "preferences"
+    (prefs / ".cai" / "cai_dataset.json").rename(prefs / "cai_dataset.json")
+    (r,) = collect(old_run).rounds
+    assert r.stage("preferences").labeller["position_consistency_rate"] == 0.3

@@ -147,8 +147,8 @@ def make_old_chain_run(root: Path, *, consistency: float = 0.3, max_kl: float = 
                 "mean_confidence": 0.04, "first_slot_preference_rate": 0.9, "mean_p_chosen": 0.54,
                 "label_histogram": {f"{i / 10:.1f}-{(i + 1) / 10:.1f}": [0, 0, 0, 1, 7, 6, 2, 0, 0, 0][i]
                                     for i in range(10)}}
-    _write(d / b / "preferences" / "cai_dataset.json", {"kind": "preference", "status": "complete",
-                                                        "summary": {"labeller": labeller}})
+    _write(d / b / "preferences" / ".cai" / "cai_dataset.json", {"kind": "preference", "status": "complete",
+                                                                 "summary": {"labeller": labeller}})
     rows = []
     for i in range(16):
         first = 0.55 + 0.01 * (i % 5)

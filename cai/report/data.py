@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cai.data import meta_path
 from cai.errors import UserInputError
 
 #: Judge-labelled rows read per stage for the slot-bias picture (enough for a scatter).
@@ -45,7 +46,7 @@ class StageView:
     record: dict[str, Any]
     out_dir: Path | None
     training: dict[str, Any] = field(default_factory=dict)  # training_summary.json
-    card: dict[str, Any] = field(default_factory=dict)  # cai_dataset.json
+    card: dict[str, Any] = field(default_factory=dict)  # the dataset card (cai_dataset.json)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # judge-labelled rows (p_first_order)
 
     @property
@@ -129,7 +130,8 @@ def _stage_view(d: Path, name: str, record: dict[str, Any]) -> StageView:
     view = StageView(name=name, stage=stage, round=k, record=record, out_dir=out_dir if out_dir.is_dir() else None)
     if view.out_dir is not None:
         view.training = load_json(view.out_dir / "training_summary.json")
-        view.card = load_json(view.out_dir / "cai_dataset.json")
+        card = meta_path(view.out_dir)  # .cai/cai_dataset.json, or where older cai versions wrote it
+        view.card = load_json(card) if card else {}
         if (view.out_dir / "data.jsonl").exists() and view.card.get("kind") in (None, "preference"):
             view.pairs = _pairs(view.out_dir / "data.jsonl")
     return view

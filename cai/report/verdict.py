@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cai.data import FAILURES_FILE
 from cai.report.data import RoundView, RunData, StageView, num
 
 #: A labeller below this position consistency is at chance (the same default the label-source choice uses).
@@ -228,7 +229,7 @@ def _stage_flags(s: StageView) -> list[Flag]:
         if frac > MAX_FAILURE_FRACTION:
             flags.append(Flag("bad" if frac > 0.5 else "warn",
                               f"{s.name}: {failed} of {rows + failed} rows failed ({frac:.0%} > "
-                              f"{MAX_FAILURE_FRACTION:.0%}); see {s.stage}/failures.jsonl"))
+                              f"{MAX_FAILURE_FRACTION:.0%}); see {s.stage}/{FAILURES_FILE}"))
     history = s.training.get("log_history")
     for key, (limit, unit) in KL_LIMITS.items():
         kl = series(history, (key,))
