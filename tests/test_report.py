@@ -139,6 +139,7 @@ def test_verdict_flags_labeller_at_chance_and_kl_blowup(old_run):
                for t in bad)
     assert any("round-1/rl: KL blow-up" in t and "25.0" in t for t in bad)
     assert any("reward-model accuracy 0.50 on 12 held-out pairs" in f.text for f in v.flags)
+    assert any("win rate vs round-0: 11 of 12 comparisons were ties" in f.text for f in v.flags)
     md, html = write_report(old_run)
     assert "**rl** trained by ppo against **[the reward model]**" in md.read_text()
     page = "".join(_page(html).text)

@@ -167,7 +167,7 @@ def make_old_chain_run(root: Path, *, consistency: float = 0.3, max_kl: float = 
     o0 = _outcome((5, 10), (2, 10), (1, 4), {"weapons": (5, 10)}, 0.7)
     o1 = _outcome((6, 10), (2, 10), (1, 4), {"weapons": (6, 10)}, 0.7)
     _write(d / b / "eval" / "metrics.json", {
-        "win_rates": {"vs round-0": win(4, 4, 4)},
+        "win_rates": {"vs round-0": win(1, 0, 11)},
         "refusal": {"round-0": {"red_team_refusal_rate": 0.5, "judge_harmful_rate": 0.2, "benign_refusal_rate": 0.2},
                     "round-1": {"red_team_refusal_rate": 0.6, "judge_harmful_rate": 0.2, "benign_refusal_rate": 0.2}},
         "reward": {"round-0": -0.2, "round-1": 0.4},

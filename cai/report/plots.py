@@ -185,10 +185,9 @@ def plot_categories(run: RunData, max_models: int = 4) -> bytes | None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("red-team refusal rate, 95% interval (higher is better)")
-    ax.set_title("Red-team refusal by harm category (held-out eval set)", fontsize=10)
+    ax.set_title("Red-team refusal by harm category (held-out eval set)", fontsize=10, pad=20)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 * 4 / max(height, 4) - 0.1),
-              ncol=len(models), frameon=False)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(models), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
