@@ -127,6 +127,13 @@ class VLLMBackend:
         if llm is None:
             kwargs = {k: v for k, v in self.settings.items() if v is not None}
             llm = vllm.LLM(model=self.path, tokenizer=self.path, trust_remote_code=trust_remote_code, **kwargs)
+            # Stop the engine we started before the interpreter tears down: left to process exit,
+            # its background threads were seen to abort the process ("terminate called without an
+            # active exception", exit -6) after all the work was written.
+            import atexit
+            import weakref
+
+            atexit.register(_close_at_exit, weakref.ref(self))
         self.llm = llm
         # Per-row seeds, except on a CPU engine that chunks prefills (it cannot rewind a seeded row).
         self.row_seeds = not (self.on_cpu and self.settings.get("enable_chunked_prefill") is not False)
@@ -258,6 +265,15 @@ class VLLMBackend:
             raw.append(sum(plp[j][seq[j]].logprob for j in range(len(seq) - n, len(seq))))
         k = len(options)
         return [normalise_choices(raw[i * k : (i + 1) * k], truncated[i]) for i in range(len(conversations))]
+
+
+def _close_at_exit(ref: Any) -> None:
+    backend = ref()
+    if backend is not None:
+        try:
+            backend.close()
+        except Exception:  # exiting anyway: a failed shutdown must not mask the command's result
+            log.debug("vLLM engine shutdown at exit failed", exc_info=True)
 
 
 def _on_cpu() -> bool:
