@@ -454,4 +454,4 @@ def write_card(directory: Path, **kwargs: Any) -> Path:
 
 
 # The rows as a `datasets.Dataset` (and TRL's margin column) live in cai.hf_export; imported here for callers.
-from cai.hf_export import MARGIN_CAP, export_dataset, preference_margin, to_hf_dataset, with_margin  # noqa: E402
+from cai.hf_export import MARGIN_CAP, export_dataset, preference_margin, to_hf_dataset, with_margin  # noqa: E402, F401 (re-exported)

@@ -170,3 +170,30 @@ def test_cli_distill_then_contrastive_with_a_tiny_model(tmp_path, tiny_model_dir
     r = CliRunner().invoke(cli, args[:-2] + ["-c", str(Path(__file__).parent / "fixtures/tiny_constitution.yaml"),
                                              "-m", str(tmp_path / "no-model"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "refusals" in r.output and not (tmp_path / "x").exists()
+
+
+def test_distill_and_contrastive_as_round_stages(tmp_path, tiny_model_dir):
+    """The quickstart's data stages inside `cai run`: pairs rebuilt from the round's own distill rows."""
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"""name: t
+chunk_size: 4
+pipeline: [distill, contrastive]
+models: {{policy: {tiny_model_dir}, batch_size: 8}}
+prompts: {{red_team: {root / "examples/prompts/red_team.jsonl"}, helpful: {root / "examples/prompts/helpful.jsonl"},
+          held_out: 2, per_round: 4}}
+stages: {{distill: {{max_new_tokens: 4}}}}
+""")
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run"), "--no-report"])
+    assert r.exit_code == 0, r.output
+    distilled = read_rows(tmp_path / "run/round-1/distill")
+    pairs = read_rows(tmp_path / "run/round-1/contrastive")
+    from cai.data import FAILURES_FILE
+
+    skipped = list(read_jsonl(tmp_path / "run/round-1/contrastive" / FAILURES_FILE))
+    assert len(distilled) >= 4 and len(pairs) + len(skipped) == len(distilled)
+    assert all(p["label_source"] == "contrastive" for p in pairs)

@@ -10,6 +10,7 @@ so the CLI and the config cannot drift apart.
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any, Callable, Literal, get_args, get_origin
 
@@ -42,7 +43,7 @@ def _default_of(model: type[BaseModel], path: tuple[str, ...]) -> Any:
 def _click_type(ann: Any) -> tuple[Any, bool]:
     """(click type, is_flag) for a field annotation; unknown shapes are read as YAML scalars."""
     args = [a for a in get_args(ann) if a is not type(None)]
-    if get_origin(ann) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1:  # Optional[X] -> X
         ann = args[0]
     if ann is bool:
         return None, True

@@ -53,18 +53,8 @@ def distill(red_team_path, helpful_path, constitution, template_dir, model, back
 def contrastive(distill_dir, constitution, no_helpful_side, out, overwrite) -> None:
     """Preference pairs labelled by construction (RLCD) from distilled rows: no model call."""
     from cai.constitution import load_constitution
-    from cai.data import DatasetWriter, read_rows
-    from cai.stages.contrastive import contrastive_pairs
+    from cai.stages.contrastive import run_contrastive
 
-    c = load_constitution(constitution)
-    pairs, skipped, tallies = contrastive_pairs(read_rows(distill_dir), c, helpful_side=not no_helpful_side)
-    writer = DatasetWriter(out, kind="preference", overwrite=overwrite,
-                           fingerprint={"stage": "contrastive", "distill": str(distill_dir),
-                                        "helpful_side": not no_helpful_side},
-                           provenance={"label_source": "contrastive", "derived_from": str(distill_dir),
-                                       "constitution": c.provenance()})
-    if writer.counts()["rows"] == 0:  # derived data: written once per directory
-        writer.write_failures(skipped)
-        writer.write(pairs)
-    print_summary("contrastive", out, writer.finalize({"pairs": len(pairs), "tallies": tallies},
-                                                      title="cai contrastive pairs (labelled by construction)"))
+    result = run_contrastive(distill_dir, out, load_constitution(constitution), helpful_side=not no_helpful_side,
+                             overwrite=overwrite)
+    print_summary("contrastive", out, result)

@@ -230,7 +230,7 @@ def training_section(run: RunData, figs: Figures) -> list[Block]:
         rows.append([s.name, str(t.get("trainer", "")), str(t.get("steps", "")), _f(t.get("seconds"), 1),
                      _f(t.get("final_loss"), 4), _eval_text(s)])
     blocks.append(Table(["stage", "trainer", "steps", "seconds", "final loss", "held-out"], rows, cls="nowrap1"))
-    blocks.append(Para(f"KL is TRL's per-batch sampled estimate of KL(policy ‖ reference) (it can dip below zero); "
+    blocks.append(Para("KL is TRL's per-batch sampled estimate of KL(policy ‖ reference) (it can dip below zero); "
                        "flagged as a blow-up above " + " or ".join(f"{lim:g} {unit} ({key})" for key, (lim, unit)
                                                                  in KL_LIMITS.items()) + ".", cls="muted"))
     by_stage: dict[str, list[StageView]] = {}

@@ -17,6 +17,7 @@ Rows are TRL explicit-prompt conversational preference rows with ``p_chosen: 1.0
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Iterable
 
 from cai.constitution import Constitution
@@ -79,4 +80,32 @@ def contrastive_pairs(
     return pairs, skipped, tallies
 
 
-__all__ = ["contrastive_pairs"]
+
+
+def run_contrastive(
+    distill_dir: str | Path,
+    out_dir: str | Path,
+    constitution: Constitution,
+    *,
+    helpful_side: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Contrastive pairs from a distill directory into a preference dataset directory; counts and summary.
+
+    Derived data, no model call: a directory that already holds the pairs is left as it is.
+    """
+    from cai.data import DatasetWriter, read_rows
+
+    pairs, skipped, tallies = contrastive_pairs(read_rows(distill_dir), constitution, helpful_side=helpful_side)
+    writer = DatasetWriter(out_dir, kind="preference", overwrite=overwrite,
+                           fingerprint={"stage": "contrastive", "helpful_side": helpful_side},
+                           provenance={"label_source": "contrastive", "derived_from": str(distill_dir),
+                                       "constitution": constitution.provenance()})
+    if writer.counts()["rows"] == 0:
+        writer.write_failures(skipped)
+        writer.write(pairs)
+    return writer.finalize({"pairs": len(pairs), "tallies": tallies},
+                           title="cai contrastive pairs (labelled by construction)")
+
+
+__all__ = ["contrastive_pairs", "run_contrastive"]

@@ -6,7 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.data import DatasetWriter, read_rows
 from cai.rounds.context import StageContext
 from cai.rounds.spec import RoundStage, register_stage
 
@@ -18,18 +17,11 @@ class ContrastiveConfig(BaseModel):
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from cai.stages.contrastive import contrastive_pairs
+    from cai.stages.contrastive import run_contrastive
 
-    pairs, skipped, tallies = contrastive_pairs(read_rows(ctx.input_dir("distill")), ctx.res.constitution,
-                                                helpful_side=ctx.section.helpful_side)
-    writer = DatasetWriter(ctx.out, kind="preference", overwrite=True,
-                           fingerprint={"stage": "contrastive", "round": ctx.k, **ctx.section.model_dump()},
-                           provenance={"label_source": "contrastive", "derived_from": "../distill",
-                                       "constitution": ctx.res.constitution.provenance()})
-    writer.write_failures(skipped)
-    writer.write(pairs)
-    return writer.finalize({"pairs": len(pairs), "tallies": tallies},
-                           title=f"cai round {ctx.k} contrastive pairs (labelled by construction)")["summary"]
+    # A restarted stage: its directory was removed, so the pairs are always rebuilt from this round's distill rows.
+    return run_contrastive(ctx.input_dir("distill"), ctx.out, ctx.res.constitution,
+                           helpful_side=ctx.section.helpful_side)["summary"]
 
 
 STAGE = register_stage(RoundStage(

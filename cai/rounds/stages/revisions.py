@@ -6,6 +6,7 @@ from typing import Any
 
 from cai.rounds.context import StageContext
 from cai.rounds.spec import DEFAULT_USES, RoundStage, register_stage
+from cai.rounds.stages._common import counts
 from cai.stages.revise import ReviseConfig
 
 
@@ -15,8 +16,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     res = run_revisions(ctx.prompts("red_team"), ctx.out, ctx.res.constitution, ctx.res.backend(ctx.policy),
                         config=ctx.section, templates=ctx.res.templates(), overwrite=ctx.fresh,
                         progress=ctx.res.progress, chunk_size=ctx.cfg.chunk_size)
-    from cai.rounds.stages._common import counts
-
     return counts(res)
 
 
