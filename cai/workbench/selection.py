@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cai.constitution import Constitution, Principle
-from cai.data import PromptRecord, load_prompts
+from cai.data import PromptRecord, dedup_ids, load_prompts
 from cai.errors import UserInputError
 
 PrincipleSpec = str | int | list[str]
@@ -72,12 +72,7 @@ def gather_prompts(prompt_file: str | Path | None, prompt_texts: Sequence[str] =
         records.append(PromptRecord(messages=[{"role": "user", "content": text.strip()}]))
     if not records:
         raise UserInputError("no prompts: give a prompt file with -p FILE, or --prompt TEXT (repeatable)")
-    seen: set[str] = set()
-    unique = []
-    for r in records:
-        if r.id not in seen:
-            seen.add(r.id)
-            unique.append(r)
+    unique = dedup_ids(records)
     return unique[:limit] if limit else unique
 
 
