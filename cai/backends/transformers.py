@@ -6,6 +6,7 @@ little compute on padding; results come back in input order.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Sequence
 
@@ -31,6 +32,18 @@ log = logging.getLogger(__name__)
 CHUNK_OVERHEAD = 64
 
 
+def cache_keyword(model: Any) -> str:
+    """The forward() argument that takes a KV cache: ``cache`` since transformers 5.x, ``past_key_values`` before.
+
+    Passing the old name to a newer model warns (FutureWarning) on every call of the
+    decode loop, so ask the model's own signature which name it takes.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
 
 class TransformersBackend:
     """Generation and option scoring with a Hugging Face causal LM."""
@@ -50,6 +63,7 @@ class TransformersBackend:
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
         self.model_id = self.loaded.model_id
+        self._cache_kw = cache_keyword(self.model)
         self.batch_size = batch_size
         self.progress = progress
         self._max_context = max_context
@@ -271,7 +285,7 @@ class TransformersBackend:
         mask = part if mask is None else torch.cat([mask, part], dim=1)
         positions = _positions(mask)[:, -ids.shape[1]:]
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                            **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         return logits, mask, positions[:, -1]
 
     def _prefill_chunks(self, stage: Stage, chunks: list[list[int]], cache, mask, room: int, expect: int):
@@ -347,7 +361,7 @@ class TransformersBackend:
                 attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
                 last = last + 1
                 logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last[:, None],
-                               past_key_values=cache, use_cache=True).logits[:, -1, :]
+                               **{self._cache_kw: cache}, use_cache=True).logits[:, -1, :]
         return outputs
 
     def _eos_ids(self) -> set[int]:
