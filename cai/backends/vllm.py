@@ -62,6 +62,7 @@ from cai.backends.base import (
 )
 from cai.errors import UserInputError
 from cai.models import load_tokenizer, resolve_model_path
+from cai.progress import bars_enabled
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class VLLMBackend:
             for i in range(len(encoded))
         ]
         prompts = [{"prompt_token_ids": ids[-budget:]} for ids in encoded]
-        outputs = self.llm.generate(prompts, per_prompt, use_tqdm=self.progress)
+        outputs = self.llm.generate(prompts, per_prompt, use_tqdm=bars_enabled(self.progress))
         results = []
         for ids, out in zip(encoded, outputs):  # vLLM returns outputs in prompt order
             comp = out.outputs[0]
@@ -257,7 +258,7 @@ class VLLMBackend:
                 spans.append(len(full) - common)
             truncated.append(cut_any)
         sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
-        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], sp, use_tqdm=self.progress)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], sp, use_tqdm=bars_enabled(self.progress))
         raw: list[float] = []
         for seq, n, out in zip(seqs, spans, outputs):
             plp = out.prompt_logprobs  # one {token_id: Logprob} per prompt position; position 0 is None

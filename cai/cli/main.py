@@ -39,6 +39,9 @@ def cli(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from cai.progress import quiet_library_progress
+
+    quiet_library_progress()  # before any command imports transformers: no bars in a log file
 
 
 def _register() -> None:

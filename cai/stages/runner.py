@@ -80,8 +80,8 @@ def run_stage(
     todo = [r for r in records if not writer.is_done(key(r))]
     stats = StageStats(done_before=len(records) - len(todo))
     started = time.perf_counter()
-    with progress_bar(total=len(records), desc=desc, unit="prompt", enabled=progress) as bar:
-        bar.update(stats.done_before)
+    with progress_bar(total=len(records), desc=desc, unit="prompt", enabled=progress,
+                      initial=stats.done_before) as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             result = process(chunk)

@@ -154,8 +154,8 @@ def run_synthetic_prompts(
     round_index = max(done_rounds, default=-1) + 1
     total = ChunkResult()
     started, stalled, rounds = time.perf_counter(), 0, 0
-    with progress_bar(total=config.n, desc=f"prompts ({config.kind})", unit="prompt", enabled=progress) as bar:
-        bar.update(min(len(accepted), config.n))
+    with progress_bar(total=config.n, desc=f"prompts ({config.kind})", unit="prompt", enabled=progress,
+                      initial=min(len(accepted), config.n)) as bar:
         while len(accepted) < config.n and rounds < config.max_rounds and stalled < STALL_ROUNDS:
             candidates, result = propose(seeds, backend, round_index, config=config, templates=templates)
             dd = dedup_texts(candidates, against=seeds + accepted, threshold=config.threshold, model=embedder)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cai.progress import bars_enabled
 from cai.training.fields import TrainingConfigError, coerce_fields
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def cpu_friendly_defaults() -> dict[str, Any]:
         "activation_checkpointing": False,
         "gradient_checkpointing": False,
         "seed": 0,
-        "disable_tqdm": os.environ.get("CAI_NO_PROGRESS") == "1",
+        # TRL's own bars (evaluation loops) only on a terminal; cai.training.logs draws the training bar.
+        "disable_tqdm": not bars_enabled(),
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
     }

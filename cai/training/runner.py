@@ -22,6 +22,7 @@ from cai.training.common import (
     save_trained,
 )
 from cai.training.config import build_config
+from cai.training.logs import attach_step_log, quiet_trl_warnings
 from cai.training.spec import TrainerSpec, TrainJob, get_trainer
 
 
@@ -78,8 +79,11 @@ def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *
     ``config`` (a dict of fields), ``config_file`` (YAML), ``lora``, the spec's own
     options, and TRL config fields as overrides (``max_steps=3``, ``learning_rate=1e-4``).
     """
-    trainer, job = build_trainer(spec, data, model, out_dir, **kwargs)
-    seconds = run_training(trainer)
+    with quiet_trl_warnings():
+        trainer, job = build_trainer(spec, data, model, out_dir, **kwargs)
+        # One line per logging step on the console, every log dict in OUT/train_log.jsonl.
+        attach_step_log(trainer, job.spec.name, out_dir)
+        seconds = run_training(trainer)
     summary = base_summary(job.spec.name, model=model, settings=job.settings, config=job.config, lora=job.lora,
                            data=job.info, seconds=seconds, trainer=trainer, loss_key=job.spec.loss_key)
     summary.update(job.spec.summary(trainer, job))
