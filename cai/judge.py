@@ -100,8 +100,13 @@ class ConstitutionJudge:
 
     def provenance(self) -> dict[str, Any]:
         """Everything that determines the labels; goes into dataset fingerprints."""
+        # A backend that can score choices several ways (openai: --scoring) labels differently per
+        # way, so a resume with another mode must be refused; other backends add nothing (their
+        # datasets' fingerprints stay as they were).
+        scoring = getattr(self.backend, "scoring", None)
         return {
             "feedback_model": self.backend.model_id,
+            **({"scoring": scoring} if isinstance(scoring, str) else {}),
             "constitution": self.constitution.provenance(),
             "templates": {k: v["sha256"] for k, v in self.templates.provenance(self.template_names).items()},
             "principles_per_pair": self.principles,

@@ -251,3 +251,65 @@ def test_labeller_records_the_missing_option_as_a_failure(tiny_backend, tiny_con
     assert out.rows == []
     assert len(out.failures) == 2
     assert all("not among the server's top" in json.dumps(f) for f in out.failures)
+
+
+# --- --scoring / --tokenizer on the CLI, and in the labeller's fingerprint ----------------
+
+
+def test_cli_scoring_flag_reaches_the_backend_and_the_fingerprint(served, tiny_model_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+    from cai.data import read_meta
+
+    monkeypatch.delenv("CAI_OPENAI_SCORING", raising=False)
+    monkeypatch.delenv("CAI_OPENAI_TOKENIZER", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", served.url)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Say hi."}\n', encoding="utf-8")
+    out = tmp_path / "prefs"
+
+    def run(*flags: str):
+        args = ["generate", "preferences", "-p", str(prompts), "-c", "harmless", "--model", "tiny",
+                "--backend", "openai", "--k-responses", "2", "--max-new-tokens", "4", "-o", str(out), *flags]
+        return CliRunner().invoke(cli, args)
+
+    r = run("--scoring", "completions", "--tokenizer", str(tiny_model_dir))
+    assert r.exit_code == 0, r.output
+    meta = read_meta(out)
+    assert meta["fingerprint"]["judge"]["scoring"] == "completions"
+    assert meta["provenance"]["feedback_backend"]["scoring"] == "completions"
+    assert meta["provenance"]["feedback_backend"]["tokenizer"] == str(tiny_model_dir)
+    # Another scoring mode labels differently: refused, not silently resumed into the same rows.
+    r = run("--scoring", "continue_final")
+    assert r.exit_code != 0 and "judge differ" in r.output, r.output
+    r = run("--scoring", "completions", "--tokenizer", str(tiny_model_dir))  # the same settings resume
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("command", [["generate", "responses"], ["generate", "revisions"], ["generate", "cot"],
+                                     ["generate", "distill"], ["generate", "preferences"], ["generate", "prompts"],
+                                     ["eval", "harmlessness"], ["constitution", "lint"], ["serve"]])
+def test_every_backend_command_takes_the_openai_flags(command):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    r = CliRunner().invoke(cli, [*command, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "--scoring" in r.output and "--tokenizer" in r.output and "--backend" in r.output
+
+
+def test_openai_flags_with_another_backend_are_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Say hi."}\n', encoding="utf-8")
+    r = CliRunner().invoke(cli, ["generate", "responses", "-p", str(prompts), "-o", str(tmp_path / "out"),
+                                 "--scoring", "chat"])
+    assert r.exit_code != 0 and "--scoring applies to --backend openai only" in r.output, r.output
+    r = CliRunner().invoke(cli, ["generate", "responses", "-p", str(prompts), "-o", str(tmp_path / "out"),
+                                 "--backend", "openai", "--scoring", "bogus"])
+    assert r.exit_code != 0 and "bogus" in r.output

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cai.cli.options import _stack, model_options, sampling_options
+from cai.cli.options import _stack, backend_options, model_options, sampling_options
 from cai.errors import UserInputError
 
 
@@ -137,8 +137,11 @@ def _lazy_backend(model, backend_kind, batch_size, device, dtype):
     from cai.cli import options
     from cai.workbench import LazyBackend, model_identity
 
-    return LazyBackend(lambda: options.make_backend_from_options(model, backend_kind, batch_size, device, dtype),
-                       model_identity(model, backend_kind, dtype, device))
+    key = model_identity(model, backend_kind, dtype, device)
+    flags = options.openai_flags()
+    if flags:  # cells judged with another scoring mode (or tokenizer) are other cells
+        key += " [" + ", ".join(f"{k}={v}" for k, v in sorted(flags.items())) + "]"
+    return LazyBackend(lambda: options.make_backend_from_options(model, backend_kind, batch_size, device, dtype), key)
 
 
 def _templates(c, template_dir):
@@ -267,10 +270,7 @@ def diff(a, b, prompts_path, prompt_texts, limit, principles, out, cache_dir, no
 @click.option("--model", "-m", default=None,
               help="Also run the workbench with this model (e.g. smollm2-135m) and report unhealthy principles: "
                    "mostly rejected by the gates, at chance for the judge, or never changing the answer.")
-@click.option("--backend", "backend_kind", default="transformers", show_default=True)
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
+@backend_options()
 @_prompt_options
 @click.option("--principles", default="all", show_default=True,
               help="With --model: comma-separated ids, a number to sample, or 'all'.")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import click
 
+from cai.cli import options
 from cai.cli.options import _stack, principles_option
 
 _NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
@@ -21,13 +22,7 @@ _NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 _principles = principles_option
 
 
-backend_options = _stack(
-    click.option("--backend", "backend_kind", default="transformers", show_default=True,
-                 help="Where generation and judging run."),
-    click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
-    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps or auto."),
-    click.option("--dtype", default="auto", show_default=True, help="float32, bfloat16, float16 or auto."),
-)
+backend_options = options.backend_options(batch_size=32, help="Where generation and judging run.")
 
 generation_options = _stack(
     click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1)),

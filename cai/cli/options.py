@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 import click
 
+from cai.backends.openai_scoring import SCORING_CHOICES
+
 F = Callable[..., Any]
 
 
@@ -18,15 +20,46 @@ def _stack(*decorators: F) -> Callable[[F], F]:
     return apply
 
 
+#: Where the openai-backend flags wait for `make_backend_from_options` (click's ctx.meta is the
+#: per-invocation store shared helpers use), so no command's signature carries openai-only settings.
+_OPENAI_META = "cai.backend.openai"
+
+
+def _keep_openai_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta.setdefault(_OPENAI_META, {})[param.name] = value
+
+
+def openai_flags() -> dict[str, str]:
+    """``--scoring`` / ``--tokenizer`` as given to the running command ({} outside one, or when not given)."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_OPENAI_META, {})) if ctx is not None else {}
+
+
+def backend_options(batch_size: int = 64, help: str = "Where generation runs.") -> Callable[[F], F]:
+    """--backend, --batch-size, --device, --dtype and the openai backend's --scoring and --tokenizer:
+    every command that takes --backend declares them through here."""
+    return _stack(
+        click.option("--backend", "backend_kind", default="transformers", show_default=True,
+                     help=f"{help} transformers, vllm, openai (an OpenAI-compatible server), ray or ray:<kind>."),
+        click.option("--batch-size", default=batch_size, show_default=True, type=click.IntRange(1),
+                     help="Sequences per forward batch."),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps or auto."),
+        click.option("--dtype", default="auto", show_default=True, help="float32, bfloat16, float16 or auto."),
+        click.option("--scoring", type=click.Choice(SCORING_CHOICES), default=None, expose_value=False,
+                     callback=_keep_openai_flag,
+                     help="--backend openai: how the judge's choices are scored (raw completions with a local "
+                          "tokenizer, continue_final_message, or plain chat) [default: $CAI_OPENAI_SCORING or auto]."),
+        click.option("--tokenizer", default=None, expose_value=False, callback=_keep_openai_flag,
+                     help="--backend openai: the served model's tokenizer (a local dir or hub id), for "
+                          "scoring=completions and exact token counts [default: $CAI_OPENAI_TOKENIZER]."),
+    )
+
+
 model_options = _stack(
     click.option("--model", "-m", default="smollm2-135m", show_default=True,
                  help="Model spec: 'smollm2-135m' (embedded), a local directory, or a hub id."),
-    click.option("--backend", "backend_kind", default="transformers", show_default=True,
-                 help="Where generation runs."),
-    click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
-                 help="Sequences per forward batch."),
-    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps or auto."),
-    click.option("--dtype", default="auto", show_default=True, help="float32, bfloat16, float16 or auto."),
+    backend_options(),
 )
 
 sampling_options = _stack(
@@ -60,10 +93,18 @@ def principles_option(ctx: click.Context, param: click.Parameter, value: str) ->
     return n
 
 
-def make_backend_from_options(model: str, backend_kind: str, batch_size: int, device: str, dtype: str):
+def make_backend_from_options(model: str, backend_kind: str, batch_size: int, device: str, dtype: str) -> Any:
+    """The backend the command's options name (with --scoring / --tokenizer where given)."""
     from cai.backends import make_backend
 
-    return make_backend(model, kind=backend_kind, batch_size=batch_size, device=device, dtype=dtype)
+    extra = openai_flags()
+    if extra and backend_kind != "openai":
+        from cai.errors import UserInputError
+
+        given = " and ".join(f"--{k}" for k in extra)
+        verb = "applies" if len(extra) == 1 else "apply"
+        raise UserInputError(f"{given} {verb} to --backend openai only (this command runs --backend {backend_kind})")
+    return make_backend(model, kind=backend_kind, batch_size=batch_size, device=device, dtype=dtype, **extra)
 
 
 def sampling_from_options(max_new_tokens: int, temperature: float, top_p: float, seed: int):
