@@ -268,9 +268,11 @@ def remove_cai_files(directory: Path) -> None:
     """
     if not is_cai_dataset(directory):
         return
-    for sub in directory.iterdir():
+    cai_dir = directory / CAI_DIR
+    subs = [*directory.iterdir(), *(cai_dir.iterdir() if cai_dir.is_dir() else ())]
+    for sub in subs:  # e.g. the preference view of a revisions dataset (.cai/preference, once preference/)
         if sub.is_dir() and not sub.is_symlink() and sub.name != CAI_DIR and is_cai_dataset(sub):
-            remove_cai_files(sub)  # e.g. the preference view of a revisions dataset
+            remove_cai_files(sub)
             if not any(sub.iterdir()):
                 sub.rmdir()
     if is_cai_card(directory / CARD_FILE) and (directory / CARD_FILE).exists():

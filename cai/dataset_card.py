@@ -32,8 +32,9 @@ def card_metadata(directory: Path, *, kind: str, provenance: dict[str, Any], cou
     from cai.data import DATA_FILE
 
     configs = [{"config_name": "default", "data_files": DATA_FILE}]
-    if (directory / "preference" / DATA_FILE).exists():
-        configs.append({"config_name": "preference", "data_files": f"preference/{DATA_FILE}"})
+    view = _preference_view(directory)
+    if view is not None:
+        configs.append({"config_name": "preference", "data_files": f"{view}/{DATA_FILE}"})
     language = provenance.get("language") or "en"
     return {
         "pretty_name": title or f"cai {kind} dataset",
@@ -51,13 +52,19 @@ def load_snippet(directory: Path) -> list[str]:
     path = str(directory.resolve())
     lines = ["```python", "from datasets import load_dataset", "",
              f"ds = load_dataset({path!r}, split='train')  # the card's configs: data.jsonl only"]
-    if (directory / "preference").is_dir():
+    if _preference_view(directory) is not None:
         lines.append(f"pairs = load_dataset({path!r}, 'preference', split='train')")
-    lines += [f"ds = load_dataset('json', data_dir={path!r}, split='train')  # the same rows"
-              if not (directory / "preference").is_dir() else
-              f"ds = load_dataset('json', data_files={path + '/data.jsonl'!r}, split='train')  # the same rows",
-              "```"]
+    lines += [f"ds = load_dataset('json', data_dir={path!r}, split='train')  # the same rows", "```"]
     return lines
+
+
+def _preference_view(directory: Path) -> str | None:
+    """The preference view's path relative to ``directory`` (a revisions dataset's), or None."""
+    from cai.data import DATA_FILE
+    from cai.stages.revision_pairs import preference_view
+
+    view = preference_view(directory)
+    return view.relative_to(directory).as_posix() if (view / DATA_FILE).exists() else None
 
 
 def write_card(

@@ -45,7 +45,14 @@ def to_hf_dataset(directory: str | Path, *, config: str = "default", margin: boo
     from cai.data import DATA_FILE
 
     d = Path(directory)
-    path = d / DATA_FILE if config == "default" else d / config / DATA_FILE
+    if config == "default":
+        path = d / DATA_FILE
+    elif config == "preference":
+        from cai.stages.revision_pairs import preference_view
+
+        path = preference_view(d) / DATA_FILE
+    else:
+        path = d / config / DATA_FILE
     if not path.is_file():
         raise DataError(f"{path}: not found; is {d} a finished cai dataset directory?")
     ds = datasets.load_dataset("json", data_files=str(path), split="train")

@@ -50,7 +50,7 @@ def test_revision_pairs_when_there_are_no_contrastive_pairs(tmp_path):
     pipeline = ["revisions", "helpful", "sft-data", "sft", "preferences", "dpo"]
     c = ctx(tmp_path, pipeline, consistency=0.0)
     source, data, _ = choose(c, c.section)
-    assert source == "revision" and data == tmp_path / "round-1" / "revisions" / "preference"
+    assert source == "revision" and data == tmp_path / "round-1" / "revisions" / ".cai" / "preference"
 
 
 def test_threshold_and_explicit_choice(tmp_path):

@@ -26,6 +26,7 @@ from cai.stages.revise import (
     run_revisions,
     sample_plan,
 )
+from cai.stages.revision_pairs import PREFERENCE_DIR
 from cai.templates import PromptTemplates
 
 
@@ -202,15 +203,16 @@ def test_run_revisions_writes_sft_preference_and_card(constitution, tmp_path):
     assert summary["counts"] == {"rows": 5, "failed": 0}
     assert summary["summary"]["preference_pairs"] == 5
     assert summary["summary"]["completion_tokens"] > 0 and "completion_tokens_per_s" in summary["summary"]
-    assert dataset_kind(out) == "sft" and dataset_kind(out / "preference") == "preference"
-    pref = list(read_jsonl(out / "preference" / "data.jsonl"))
+    assert dataset_kind(out) == "sft" and dataset_kind(out / PREFERENCE_DIR) == "preference"
+    assert not (out / "preference").exists()  # beside data.jsonl, load_dataset(data_dir=out) would read it
+    pref = list(read_jsonl(out / PREFERENCE_DIR / "data.jsonl"))
     assert set(pref[0]) >= {"id", "prompt", "chosen", "rejected"}
     assert pref[0]["prompt"] == [{"role": "user", "content": "question number 0?"}]
     assert pref[0]["rejected"][0]["content"] == "first answer to question number 0?"
     ds = to_hf_dataset(out, config="preference")
     assert ds.column_names[:4] == ["id", "prompt", "chosen", "rejected"]
     card = (out / "README.md").read_text()
-    assert "preference/data.jsonl" in card and "tiny" in card and "critique.jinja" in card
+    assert ".cai/preference/data.jsonl" in card and "tiny" in card and "critique.jinja" in card
     meta = read_meta(out)
     assert meta["fingerprint"]["config"]["n_revisions"] == 2
     # Rerun: nothing new, nothing duplicated.

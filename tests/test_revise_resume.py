@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 from cai.data import FAILURES_FILE, PromptRecord, read_jsonl, read_meta
+from cai.stages.revision_pairs import PREFERENCE_DIR
 
 N_PROMPTS = 12
 
@@ -86,5 +87,5 @@ def test_sigkill_mid_run_then_rerun_gives_every_prompt_once(tmp_path, tiny_model
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["summary"]["skipped_already_done"] >= 1
     # The preference view is rebuilt from the final rows: one pair per revised prompt.
-    pref = list(read_jsonl(out / "preference" / "data.jsonl"))
+    pref = list(read_jsonl(out / PREFERENCE_DIR / "data.jsonl"))
     assert sorted(p["id"] for p in pref) == sorted(finals)

@@ -89,8 +89,36 @@ def test_load_dataset_by_card_and_by_data_dir(labelled_dir, revisions_dir):
         assert len(ds) == 4 and "chosen" in ds.column_names and "reason" not in ds.column_names
     assert len(load_dataset(str(revisions_dir), split="train")) == 4
     assert "chosen" in load_dataset(str(revisions_dir), "preference", split="train").column_names
-    assert len(load_dataset("json", data_dir=str(revisions_dir / "preference"), split="train")) == 4
+    assert len(load_dataset("json", data_dir=str(revisions_dir / ".cai" / "preference"), split="train")) == 4
     assert sorted(p.name for p in labelled_dir.iterdir()) == [".cai", "README.md", "data.jsonl"]
+
+
+def test_load_dataset_by_data_dir_on_revisions_reads_only_the_sft_rows(revisions_dir):
+    """The preference view sits in .cai/ (hidden, so skipped); beside data.jsonl it was read too."""
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_dir=str(revisions_dir), split="train")
+    assert len(ds) == 4 and "messages" in ds.column_names
+    assert not {"chosen", "rejected", "reason"} & set(ds.column_names)
+    assert sorted(p.name for p in revisions_dir.iterdir()) == [".cai", "README.md", "data.jsonl"]
+
+
+def test_revisions_written_by_older_cai_move_their_view(tmp_path):
+    """A revisions directory with the old preference/ subdirectory: read there, moved into .cai/ on the next write."""
+    from cai.constitution import load_constitution
+    from cai.stages.revise import ReviseConfig, run_revisions
+    from cai.stages.revision_pairs import PREFERENCE_DIR, preference_view
+
+    out = tmp_path / "revisions"
+    records = [PromptRecord(messages=[{"role": "user", "content": f"question number {i}?"}]) for i in range(2)]
+    constitution = load_constitution(Path(__file__).parent / "fixtures" / "tiny_constitution.yaml")
+    args = (records, out, constitution, ScriptedBackend(_respond))
+    run_revisions(*args, config=ReviseConfig(n_revisions=1), progress=False)
+    (out / PREFERENCE_DIR).rename(out / "preference")  # as cai wrote it before
+    assert preference_view(out) == out / "preference"
+    run_revisions(*args, config=ReviseConfig(n_revisions=1), progress=False)  # resumes: all done, view rebuilt
+    assert preference_view(out) == out / PREFERENCE_DIR and not (out / "preference").exists()
+    assert len((out / PREFERENCE_DIR / "data.jsonl").read_text().splitlines()) == 2
 
 
 def test_old_layout_is_read_and_moved_on_the_next_write(tmp_path):

@@ -87,11 +87,12 @@ def test_users_readme_in_a_cai_directory_is_kept(tmp_path):
 def test_overwrite_cleans_cai_subdatasets(tmp_path):
     d = tmp_path / "ds"
     DatasetWriter(d, kind="sft", fingerprint={"model": "m"}).finalize({})
-    sub = DatasetWriter(d / "preference", kind="preference", fingerprint={"model": "m"})
-    sub.write([{"id": "1"}])
-    sub.finalize({})
+    for where in ("preference", ".cai/preference"):  # the view's place before and since the .cai/ layout
+        sub = DatasetWriter(d / where, kind="preference", fingerprint={"model": "m"})
+        sub.write([{"id": "1"}])
+        sub.finalize({})
     DatasetWriter(d, kind="sft", fingerprint={"model": "m2"}, overwrite=True)
-    assert not (d / "preference").exists()
+    assert not (d / "preference").exists() and not (d / ".cai/preference").exists()
     assert json.loads((d / META_FILE).read_text())["fingerprint"] == {"model": "m2"}
 
 

@@ -17,7 +17,8 @@ from cai.errors import UserInputError
 from cai.rounds.context import StageContext
 
 #: The stages that hold each source's preference rows (and where, inside their output).
-SOURCES = {"judge": ("preferences", ""), "contrastive": ("contrastive", ""), "revision": ("revisions", "preference")}
+SOURCES = {"judge": ("preferences", ""), "contrastive": ("contrastive", ""),
+           "revision": ("revisions", ".cai/preference")}  # revision_pairs.PREFERENCE_DIR
 
 
 class LabelSourceChoice(BaseModel):
@@ -64,8 +65,12 @@ def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, st
                f"< {section.min_position_consistency}: its labels are near chance")
         if source == "judge":
             why += "; no other source in the pipeline, so the judge's labels are used anyway"
-    stage, sub = SOURCES[source]
-    return source, ctx.input_dir(stage) / sub if sub else ctx.input_dir(stage), why
+    stage, _ = SOURCES[source]
+    if source == "revision":
+        from cai.stages.revision_pairs import preference_view
+
+        return source, preference_view(ctx.input_dir(stage)), why
+    return source, ctx.input_dir(stage), why
 
 
 def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:

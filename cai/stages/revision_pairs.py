@@ -1,13 +1,30 @@
-"""The revision ≻ initial preference view of a revisions dataset (``label_source: revision``)."""
+"""The revision ≻ initial preference view of a revisions dataset (``label_source: revision``).
+
+It lives in ``OUT/.cai/preference/``, not beside ``data.jsonl``: ``datasets``
+skips hidden directories, so ``load_dataset('json', data_dir=OUT)`` reads only
+the SFT rows (a ``preference/`` subdirectory made it read both, with mismatched
+columns). The dataset card names it as its ``preference`` config.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from cai.data import DatasetWriter, read_jsonl
+from cai.data import CAI_DIR, DatasetWriter, is_cai_dataset, read_jsonl, remove_cai_files
 
-PREFERENCE_DIR = "preference"
+PREFERENCE_DIR = f"{CAI_DIR}/preference"
+#: Where cai before this layout wrote the view (read if it is all there is, removed on the next write).
+LEGACY_PREFERENCE_DIR = "preference"
+
+
+def preference_view(out_dir: str | Path) -> Path:
+    """The preference view of revisions dataset ``out_dir`` (an older run's ``preference/`` if only that exists)."""
+    out_dir = Path(out_dir)
+    current, legacy = out_dir / PREFERENCE_DIR, out_dir / LEGACY_PREFERENCE_DIR
+    if not current.is_dir() and legacy.is_dir() and is_cai_dataset(legacy):
+        return legacy
+    return current
 
 
 def preference_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -25,8 +42,14 @@ def preference_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_preference_view(out_dir: str | Path, fp: dict[str, Any], provenance_: dict[str, Any]) -> int:
-    """Rebuild out_dir/preference from data.jsonl (streamed), so it always matches the SFT rows."""
+    """Rebuild the view (`PREFERENCE_DIR`) from data.jsonl (streamed), so it always matches the SFT rows."""
     out_dir = Path(out_dir)
+    legacy = out_dir / LEGACY_PREFERENCE_DIR
+    if legacy.is_dir() and not legacy.is_symlink() and is_cai_dataset(legacy):
+        # cai's own older copy: left there, load_dataset(data_dir=OUT) would read it (a user's files stay)
+        remove_cai_files(legacy)
+        if not any(legacy.iterdir()):
+            legacy.rmdir()
     writer = DatasetWriter(out_dir / PREFERENCE_DIR, kind="preference", fingerprint=fp,
                            provenance=provenance_, overwrite=True)
     n = 0
@@ -38,5 +61,6 @@ def write_preference_view(out_dir: str | Path, fp: dict[str, Any], provenance_: 
             n += writer.write(chunk)
             chunk = []
     n += writer.write(chunk)
-    writer.finalize({"pairs": n, "derived_from": "../data.jsonl"}, title="cai revisions: preference view (revision ≻ initial)")
+    writer.finalize({"pairs": n, "derived_from": "../../data.jsonl"},
+                    title="cai revisions: preference view (revision ≻ initial)")
     return n

@@ -38,16 +38,22 @@ class TrainResult:
 
 def require_kind(data_dir: str | Path, expected: str, command: str) -> dict[str, Any]:
     """Refuse a dataset of the wrong kind before any model loads; returns its metadata."""
-    from cai.data import read_meta
+    from cai.data import is_cai_dataset, read_meta
     from cai.training.spec import commands_for_kind
 
     meta = read_meta(data_dir)
     kind = meta.get("kind", "unknown")
     if kind != expected:
         fits = commands_for_kind(kind)
+        view = ""
+        if expected == "preference":
+            from cai.stages.revision_pairs import preference_view
+
+            if is_cai_dataset(preference_view(data_dir)):  # a revisions dataset carries its pairs
+                view = f"; its revision ≻ initial pairs are in {preference_view(data_dir)}"
         raise DataError(
             f"{data_dir}: holds '{kind}' rows, but `{command}` needs '{expected}' rows; "
-            f"for '{kind}' rows use: {fits}"
+            f"for '{kind}' rows use: {fits}{view}"
         )
     if meta.get("status") != "complete":
         log.warning("%s: dataset status is '%s' (not finalized); training on the rows written so far",
