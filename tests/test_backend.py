@@ -121,6 +121,16 @@ def test_cli_generate_responses_writes_and_resumes(tmp_path, tiny_model_dir):
     # A different sampling setup into the same directory is refused, not mixed in.
     r = CliRunner().invoke(cli, args + ["--temperature", "0.1"])
     assert r.exit_code == 2 and "other settings" in r.output
+    # The same settings from --config FILE.yaml (the loader every generate command uses) resume;
+    # a flag overrides the file, and a misspelt key is refused with its line.
+    cfg = tmp_path / "responses.yaml"
+    cfg.write_text("max_new_tokens: 4\ntemperature: 0.1\n", encoding="utf-8")
+    base = [a for a in args if a not in ("--max-new-tokens", "4")]
+    r = CliRunner().invoke(cli, base + ["--config", str(cfg), "--temperature", "0.7"])
+    assert r.exit_code == 0 and read_meta(out)["summary"]["skipped_already_done"] == 3, r.output
+    cfg.write_text("max_new_tokens: 4\ntop-p: 0.5\n", encoding="utf-8")
+    r = CliRunner().invoke(cli, base + ["--config", str(cfg)])
+    assert r.exit_code == 2 and "responses.yaml:2" in r.output and "top-p" in r.output, r.output
 
 
 def test_cli_unknown_model_is_one_line_exit_2(tmp_path):

@@ -11,7 +11,7 @@ from fakes import ScriptedBackend
 
 from cai.data import FAILURES_FILE, read_jsonl, read_meta, read_rows
 from cai.errors import DataError, UserInputError
-from cai.stages.cot import CotConfig, generate_cot, load_cot_config, load_questions, majority_vote, run_cot
+from cai.stages.cot import CotConfig, generate_cot, load_questions, majority_vote, run_cot
 
 QUESTIONS = [
     {"id": "q1", "question": "Sam has 3 apples and buys 4 more. How many apples?", "answer": 7},
@@ -198,16 +198,22 @@ def test_malformed_question_files_name_the_line(tmp_path):
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
-    with pytest.raises(UserInputError, match="k_sample"):
-        load_cot_config(k_sample=3)
+    # The one --config loader every generate command uses (file:line errors), flags over the file.
+    from cai.cli.config_options import build_config
+
+    with pytest.raises(UserInputError, match="k-sample"):
+        build_config(CotConfig, None, {("k_sample",): 3})
     with pytest.raises(UserInputError, match="formats"):
-        load_cot_config(formats=["essay"])
+        build_config(CotConfig, None, {("formats",): ["essay"]})
     with pytest.raises(UserInputError, match="answer_pattern"):
-        load_cot_config(extractor="regex")
+        build_config(CotConfig, None, {("extractor",): "regex"})
     cfg_file = tmp_path / "cot.yaml"
-    cfg_file.write_text("cot:\n  k_samples: 3\n  vote_threshold: 0.9\n", encoding="utf-8")
-    cfg = load_cot_config(cfg_file, k_samples=5, vote_threshold=None)
-    assert (cfg.k_samples, cfg.vote_threshold) == (5, 0.9)  # flags override the file; None means unset
+    cfg_file.write_text("k_samples: 3\nvote_threshold: 0.9\n", encoding="utf-8")
+    cfg = build_config(CotConfig, str(cfg_file), {("k_samples",): 5})
+    assert (cfg.k_samples, cfg.vote_threshold) == (5, 0.9)  # flags override the file; a flag not given leaves it
+    cfg_file.write_text("k_samples: 3\nk_sampels: 4\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"cot.yaml:2: field 'k_sampels': unknown key"):
+        build_config(CotConfig, str(cfg_file), {})
 
 
 def test_example_question_set_is_valid_and_reproducible(tmp_path):
@@ -248,6 +254,17 @@ def test_cli_generate_cot(tmp_path, monkeypatch):
     res = runner.invoke(cli, ["generate", "cot", "-q", str(qpath), "-o", str(tmp_path / "o3"),
                               "--formats", "poem"])
     assert res.exit_code == 2 and "formats" in res.output and "Traceback" not in res.output
+    # --config FILE.yaml through the same loader as the other generate commands; flags override it.
+    cfg = tmp_path / "cot.yaml"
+    cfg.write_text("k_samples: 3\nformats: [direct]\nrationalize: false\n", encoding="utf-8")
+    res = runner.invoke(cli, ["generate", "cot", "-q", str(qpath), "-o", str(tmp_path / "o4"), "--config", str(cfg),
+                              "--k-samples", "2"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "o4")
+    assert {r["format"] for r in rows} == {"direct"} and all(len(r["answers"]) == 2 for r in rows)
+    cfg.write_text("k_samples: 3\nformat: [direct]\n", encoding="utf-8")
+    res = runner.invoke(cli, ["generate", "cot", "-q", str(qpath), "-o", str(tmp_path / "o5"), "--config", str(cfg)])
+    assert res.exit_code == 2 and "cot.yaml:2" in res.output and "format" in res.output
 
 
 @pytest.fixture

@@ -40,6 +40,10 @@ def _default_of(model: type[BaseModel], path: tuple[str, ...]) -> Any:
     return node
 
 
+def _is_text(ann: Any) -> bool:
+    return ann is str or (get_origin(ann) is Literal and all(isinstance(a, str) for a in get_args(ann)))
+
+
 def _click_type(ann: Any) -> tuple[Any, bool]:
     """(click type, is_flag) for a field annotation; unknown shapes are read as YAML scalars."""
     args = [a for a in get_args(ann) if a is not type(None)]
@@ -51,6 +55,8 @@ def _click_type(ann: Any) -> tuple[Any, bool]:
         return ann, False
     if get_origin(ann) is Literal and all(isinstance(a, str) for a in get_args(ann)):
         return click.Choice(list(get_args(ann))), False
+    if get_origin(ann) is list and len(get_args(ann)) == 1 and _is_text(get_args(ann)[0]):
+        return _COMMA_LIST, False
     return _YAML, False
 
 
@@ -66,8 +72,27 @@ class _YamlScalar(click.ParamType):
 _YAML = _YamlScalar()
 
 
-def config_options(model: type[BaseModel], *, exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Decorator: a flag per leaf field of ``model`` (except dotted paths in ``exclude``), and ``--config``."""
+class _CommaList(_YamlScalar):
+    """A list of words: ``a,b`` (as a shell user writes it) or a YAML list ``[a, b]``."""
+
+    name = "a,b,..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return super().convert(value, param, ctx)
+
+
+_COMMA_LIST = _CommaList()
+
+
+def config_options(model: type[BaseModel], *, exclude: tuple[str, ...] = (),
+                   aliases: dict[str, tuple[str, ...]] | None = None) -> Callable[[F], F]:
+    """Decorator: a flag per leaf field of ``model`` (except dotted paths in ``exclude``), and ``--config``.
+
+    ``aliases`` gives a field more flag names (``{"k_samples": ("--k",)}``): the names a
+    command had before its flags came from the config, so they keep working.
+    """
 
     def apply(f: F) -> F:
         for path, field in reversed(_leaves(model)):
@@ -79,8 +104,10 @@ def config_options(model: type[BaseModel], *, exclude: tuple[str, ...] = ()) -> 
             typ, is_flag = _click_type(field.annotation)
             default = _default_of(model, path)
             desc = (field.description or "").rstrip(".")
-            help_text = f"{desc + '. ' if desc else ''}[default: {default}]"
+            shown = ",".join(default) if typ is _COMMA_LIST and isinstance(default, list) else default
+            help_text = f"{desc + '. ' if desc else ''}[default: {shown}]"
             names = [f"--{flag}"] + ([f"--{'_'.join(path)}"] if "_" in "_".join(path) else [])
+            names += list((aliases or {}).get(dotted, ()))
             if is_flag:
                 opt = click.option(f"--{flag}/--no-{flag}", dest, default=None, help=help_text)
             else:

@@ -107,12 +107,6 @@ def make_backend_from_options(model: str, backend_kind: str, batch_size: int, de
     return make_backend(model, kind=backend_kind, batch_size=batch_size, device=device, dtype=dtype, **extra)
 
 
-def sampling_from_options(max_new_tokens: int, temperature: float, top_p: float, seed: int):
-    from cai.backends.base import SamplingParams
-
-    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-
-
 def print_summary(title: str, out_dir: str, summary: dict[str, Any]) -> None:
     import json
 

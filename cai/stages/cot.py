@@ -38,7 +38,7 @@ from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
 from cai.templates import PromptTemplates
 
 from cai.stages.cot_inputs import (  # noqa: F401 (re-exported)
-    Format, FORMATS, ZERO_SHOT, FEW_SHOT, RATIONALIZE, PROVIDES, DEFAULT_FEW_SHOT, CotConfig, load_cot_config, load_questions, as_question_records, load_few_shot, CotPrompts,
+    Format, FORMATS, ZERO_SHOT, FEW_SHOT, RATIONALIZE, PROVIDES, DEFAULT_FEW_SHOT, CotConfig, load_questions, as_question_records, load_few_shot, CotPrompts,
 )
 
 
@@ -366,4 +366,4 @@ def run_cot(
     return {"out": str(out_dir), **result}
 
 
-__all__ = ["CotConfig", "load_cot_config", "load_questions", "generate_cot", "run_cot", "majority_vote", "summarize"]
+__all__ = ["CotConfig", "load_questions", "generate_cot", "run_cot", "majority_vote", "summarize"]

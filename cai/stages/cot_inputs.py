@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.answers import AnswerExtractor
 from cai.backends.base import SamplingParams
 from cai.data import PromptRecord, iter_jsonl_objects, stable_hash
-from cai.errors import DataError, UserInputError
+from cai.errors import DataError
 from cai.templates import Conversation, PromptTemplates
 
 Format = Literal["few_shot_cot", "zero_shot_cot", "direct"]
@@ -55,16 +55,17 @@ class CotConfig(BaseModel):
     vote_threshold: float = Field(0.5, ge=0.0, le=1.0,
                                   description="Keep a question when majority votes / K reaches this.")
     max_rationales: int | None = Field(None, ge=1, description="Keep at most this many agreeing rationales.")
-    temperature: float = Field(0.7, ge=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(160, ge=1)
-    seed: int | None = 0
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of the K chains (0: greedy).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling of the K chains.")
+    max_new_tokens: int = Field(160, ge=1, description="Tokens per chain of thought.")
+    seed: int | None = Field(0, description="Sampling seed; the same seed and settings give the same samples.")
     greedy_eval: bool = Field(True, description="With gold answers, also decode greedily and report its accuracy.")
     rationalize: bool = Field(True, description="With gold answers, STaR-rationalise questions voted wrong.")
     rationalize_samples: int = Field(4, ge=1, description="Hinted samples per wrong question.")
     filter_by_gold: bool = Field(False, description="With gold answers, keep only rationales that reach it.")
     keep_truncated: bool = Field(False, description="Keep rationales cut off by max_new_tokens (they still vote).")
-    extractor: Literal["answer_is", "last_number", "regex"] = "answer_is"
+    extractor: Literal["answer_is", "last_number", "regex"] = Field(
+        "answer_is", description="How the final answer is read from a chain.")
     answer_pattern: str | None = Field(None, description="Regex for extractor 'regex' (first group = answer).")
     fallback_last_number: bool = Field(True, description="If the pattern finds nothing, use the last number.")
     numeric: bool = Field(True, description="Normalise answers as numbers (5.0 == 5, $1,200 == 1200).")
@@ -90,32 +91,6 @@ class CotConfig(BaseModel):
     def make_extractor(self) -> AnswerExtractor:
         return AnswerExtractor(self.extractor, pattern=self.answer_pattern,
                                fallback_last_number=self.fallback_last_number, numeric=self.numeric)
-
-
-def load_cot_config(path: str | Path | None = None, **overrides: Any) -> CotConfig:
-    """A CotConfig from a YAML/JSON file (optional), then ``overrides`` (None values ignored)."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise UserInputError(f"{p}: cannot read config ({e.strerror}); check the path") from None
-        except yaml.YAMLError as e:
-            raise UserInputError(f"{p}: not valid YAML ({e}); fix the syntax") from None
-        if not isinstance(loaded, dict):
-            raise UserInputError(f"{p}: expected a mapping of cot settings")
-        data = dict(loaded.get("cot", loaded))  # a whole run config may nest it under `cot:`
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return CotConfig(**data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "config"
-        src = f"{path}: " if path else ""
-        raise UserInputError(f"{src}cot setting '{where}': {err['msg']}; see `cai generate cot --help`") from None
 
 
 # --- inputs -----------------------------------------------------------------------------

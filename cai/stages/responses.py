@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from cai.backends.base import Backend, SamplingParams
 from cai.constitution import Constitution
 from cai.data import PromptRecord
@@ -14,6 +16,21 @@ from cai.templates import Conversation, PromptTemplates
 TEMPLATE = "initial_response"
 #: Variables the initial_response template is given.
 PROVIDES = {"prompt", "constitution"}
+
+
+class ResponsesConfig(BaseModel):
+    """Settings of `cai generate responses` (its flags and its --config FILE.yaml). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(128, ge=1, description="Tokens per response.")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(0.95, ge=0.0, le=1.0, description="Nucleus sampling.")
+    seed: int | None = Field(0, description="Sampling seed; the same seed and settings give the same responses.")
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed)
 
 
 def policy_conversation(
@@ -110,4 +127,4 @@ def run_responses(
     return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
 
 
-__all__ = ["generate_responses", "policy_conversation", "fingerprint", "run_responses"]
+__all__ = ["ResponsesConfig", "generate_responses", "policy_conversation", "fingerprint", "run_responses"]
