@@ -38,6 +38,9 @@ class PromptsConfig(_Strict):
     eval_helpful: str | None = Field(None, description="Held-out benign prompts; default: hold out `held_out`.")
     held_out: int = Field(8, ge=1, description="Prompts per set held out for eval when no eval set is given.")
     per_round: int | None = Field(None, ge=1, description="Training prompts per set per round (a new slice each round).")
+    validation: int = Field(0, ge=0, description="Prompts per training set held out as a validation slice (seeded, "
+                                                  "never trained on); eval reports the outcome on it too. Choose "
+                                                  "settings on it, never on the eval sets.")
 
 
 class RunConfigBase(_Strict):

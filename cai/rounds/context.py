@@ -25,6 +25,7 @@ class RunResources:
         self._constitution = None
         self._backends: dict[str, Any] = {}
         self._split: tuple[list[PromptRecord], ...] | None = None
+        self._validation: tuple[list[PromptRecord], list[PromptRecord]] = ([], [])
 
     @property
     def constitution(self):
@@ -63,20 +64,39 @@ class RunResources:
         """(train red-team, train helpful, eval red-team, eval helpful), fixed by the seed."""
         if self._split is None:
             p = self.cfg.prompts
-            out = []
+            out, val = [], []
             for train_path, eval_path in ((p.red_team, p.eval_red_team), (p.helpful, p.eval_helpful)):
                 recs = load_prompts(train_path)
                 if eval_path:
-                    out.append((recs, load_prompts(eval_path)))
-                    continue
-                shuffled = list(recs)
-                random.Random(self.cfg.seed).shuffle(shuffled)
-                if len(shuffled) <= p.held_out:
-                    raise UserInputError(f"{train_path}: {len(shuffled)} prompts, not more than held_out={p.held_out}; "
-                                         "add prompts or lower prompts.held_out")
-                out.append((shuffled[p.held_out:], shuffled[: p.held_out]))
+                    held, train = load_prompts(eval_path), recs
+                else:
+                    train = list(recs)
+                    random.Random(self.cfg.seed).shuffle(train)
+                    if len(train) <= p.held_out:
+                        raise UserInputError(f"{train_path}: {len(train)} prompts, not more than held_out={p.held_out}; "
+                                             "add prompts or lower prompts.held_out")
+                    held, train = train[: p.held_out], train[p.held_out:]
+                if p.validation:
+                    # Its own seeded draw (seed + 1), so adding a validation slice leaves the eval split as it was.
+                    if len(train) <= p.validation:
+                        raise UserInputError(f"{train_path}: {len(train)} training prompts, not more than "
+                                             f"validation={p.validation}; lower prompts.validation")
+                    order = list(range(len(train)))
+                    random.Random(self.cfg.seed + 1).shuffle(order)
+                    cut = set(order[: p.validation])
+                    val.append([r for i, r in enumerate(train) if i in cut])
+                    train = [r for i, r in enumerate(train) if i not in cut]
+                else:
+                    val.append([])
+                out.append((train, held))
             self._split = (out[0][0], out[1][0], out[0][1], out[1][1])
+            self._validation = (val[0], val[1])
         return self._split
+
+    def validation_split(self) -> tuple[list[PromptRecord], list[PromptRecord]]:
+        """(validation red-team, validation helpful): held out of training to choose settings on; empty if off."""
+        self.prompt_split()
+        return self._validation
 
     def round_prompts(self, k: int, which: str) -> list[PromptRecord]:
         """Round k's training slice of ``red_team`` or ``helpful`` (a new slice each round)."""
