@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakes import ScriptedBackend
+from helpers import one_torch_thread
 
 from cai.data import FAILURES_FILE, read_jsonl, read_meta, read_rows
 from cai.errors import DataError, UserInputError
@@ -269,13 +270,8 @@ def test_cli_generate_cot(tmp_path, monkeypatch):
 
 @pytest.fixture
 def one_thread():
-    """On a shared, busy 2-core machine two torch threads spin against each other (~5x slower here)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def test_end_to_end_on_the_embedded_default(tmp_path, embedded_dir, one_thread):

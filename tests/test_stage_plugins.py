@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import install_entry_point_plugin
 
 from cai.cli.main import cli
 from cai.data import read_jsonl
@@ -50,14 +51,8 @@ STAGE = RoundStage(name="toy-lengths", run=run, config=LengthsConfig, uses=("pro
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    (site / "toy_plugin").mkdir(parents=True)
-    (site / "toy_plugin" / "__init__.py").write_text(PLUGIN)
-    dist = site / "toy_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[cai.stages]\ntoy = toy_plugin:STAGE\n")
-    monkeypatch.syspath_prepend(str(site))
+    install_entry_point_plugin(tmp_path / "site", monkeypatch, package="toy_plugin", source=PLUGIN,
+                               group="cai.stages", entry="toy = toy_plugin:STAGE")
     spec.stage_registry(rescan=True)
     yield tmp_path
     spec._REGISTRY.pop("toy-lengths", None)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import install_entry_point_plugin, one_torch_thread
 
 from cai.data import DatasetWriter
 
@@ -35,26 +36,16 @@ SPEC = TrainerSpec(
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads on a shared CPU
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     from cai.training import spec
 
-    site = tmp_path / "site"
-    (site / "kto_plugin").mkdir(parents=True)
-    (site / "kto_plugin" / "__init__.py").write_text(PLUGIN)
-    dist = site / "kto_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kto-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[cai.trainers]\nkto = kto_plugin:SPEC\n")
-    monkeypatch.syspath_prepend(str(site))
+    install_entry_point_plugin(tmp_path / "site", monkeypatch, package="kto_plugin", source=PLUGIN,
+                               group="cai.trainers", entry="kto = kto_plugin:SPEC")
     spec.trainer_registry(rescan=True)
     yield tmp_path
     spec._REGISTRY.pop("kto", None)

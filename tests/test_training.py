@@ -7,19 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_torch_thread
 
 from cai.data import DatasetWriter, PromptRecord
 from cai.errors import DataError, UserInputError
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """Tiny models gain nothing from threads; on a busy shared CPU, spinning threads made steps ~30x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 FAST = {"max_steps": 2, "learning_rate": 1e-3, "max_length": 64}

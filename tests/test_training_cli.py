@@ -7,19 +7,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import one_torch_thread
 
 from cai.cli.main import cli
 from cai.data import DatasetWriter
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """Tiny models gain nothing from threads; on a busy shared CPU, spinning threads made steps ~30x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 CONFIGS = Path(__file__).parent.parent / "examples" / "configs"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import one_torch_thread
 
 from cai.cli.main import cli
 from cai.data import DatasetWriter
@@ -14,12 +15,8 @@ from cai.data import DatasetWriter
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads on a shared CPU
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def _dataset(path: Path, kind: str, rows: list[dict]) -> Path:

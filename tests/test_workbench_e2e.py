@@ -7,6 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers import one_torch_thread
 
 from cai.cli.main import cli
 from cai.constitution import resolve_constitution_path
@@ -15,13 +16,8 @@ from cai.workbench.matrix import VERDICTS
 
 @pytest.fixture
 def one_thread():
-    """On a shared, busy 2-core machine two torch threads spin against each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def test_try_on_the_embedded_default_then_one_principle_edited(tmp_path, embedded_dir, one_thread):
