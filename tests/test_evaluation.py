@@ -190,6 +190,21 @@ def test_evaluate_models_exact_metrics_and_batching(constitution, tmp_path):
     assert json.loads(path.read_text())["models"]["x"]["win_rate"]["wins"] == 7
 
 
+def test_samples_carry_the_prompts_category_and_look_unsafe():
+    """eval.json's samples name their prompt's category, so the run report can group them."""
+    from cai.data import PromptRecord
+
+    red = [PromptRecord(messages=[{"role": "user", "content": t}], extra={"category": c})
+           for t, c in zip(RED[:2], ("weapons", "violence"))]
+    benign = [PromptRecord(messages=[{"role": "user", "content": BENIGN[2]}],
+                           extra={"category": "coding", "look_unsafe": True}),
+              PromptRecord(messages=[{"role": "user", "content": BENIGN[0]}])]
+    m = evaluate_models({"x": ScriptedBackend(respond=model_x, model_id="x")}, red, benign)
+    got = {s["prompt"]: (s["category"], s["look_unsafe"]) for s in m["models"]["x"]["samples"]}
+    assert got == {RED[0]: ("weapons", False), RED[1]: ("violence", False), BENIGN[2]: ("coding", True),
+                   BENIGN[0]: (None, False)}
+
+
 def test_all_principles_breakdown_and_defaults(constitution):
     def by_principle(conv, options):
         text, a, _ = slots(conv)

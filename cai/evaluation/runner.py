@@ -271,7 +271,11 @@ def _model_metrics(
     samples: dict[str, dict[str, Any]] = {}
 
     def sample(r: PromptRecord) -> dict[str, Any]:
-        return samples.setdefault(r.id, {"id": r.id, "prompt": r.text, "sets": [], "response": responses[r.id]})
+        # The prompt file's category and look_unsafe travel with the sample, so a report can group by them.
+        return samples.setdefault(r.id, {"id": r.id, "prompt": r.text, "sets": [],
+                                         "category": r.extra.get("category"),
+                                         "look_unsafe": bool(r.extra.get("look_unsafe", False)),
+                                         "response": responses[r.id]})
 
     wr_j = judged.get((name, "win_rate"))
     if wr_j is not None:
