@@ -287,3 +287,76 @@ def test_dataset_card_where_older_cai_wrote_it(old_run):
     (prefs / ".cai" / "cai_dataset.json").rename(prefs / "cai_dataset.json")
     (r,) = collect(old_run).rounds
     assert r.stage("preferences").labeller["position_consistency_rate"] == 0.3
+
+
+def test_samples_are_labelled_and_counted_by_category(new_run):
+    from cai.report.samples import category_counts
+
+    r1 = collect(new_run).rounds[0]
+    improved = [s for s in choose_samples(r1) if s.kind == "improved"]
+    assert [s.category for s in improved] == ["weapons", "privacy"]  # spread over categories, not two of one
+    worsened = next(s for s in choose_samples(r1) if s.kind == "worsened")
+    assert (worsened.category, worsened.look_unsafe) == ("health-safety", True)
+    by_cat = category_counts(r1)
+    assert by_cat[("red_team", "weapons")] == {"improved": 2, "worsened": 0, "unchanged": 0}
+    assert by_cat[("benign", "health-safety")] == {"improved": 1, "worsened": 1, "unchanged": 0}
+    assert list(by_cat)[0][0] == "red_team"
+    md, html = write_report(new_run)
+    text = md.read_text()
+    samples = text[text.index("## Sample responses"):]
+    assert "| red-team | weapons | 2 | – | – |" in samples and "| benign | health-safety | 1 | 1 | – |" in samples
+    assert "**[health-safety]** **[looks unsafe]**" in samples
+    page = "".join(_page(html).text)
+    assert "looks unsafe" in page and "self-harm" in page
+
+
+def test_samples_without_categories_as_older_cai_wrote_them(old_run):
+    from cai.report.samples import category_counts
+
+    (r,) = collect(old_run).rounds
+    assert category_counts(r) == {}
+    write_report(old_run)  # no category table, no error
+
+
+def test_report_json_carries_the_verdicts_figures(new_run):
+    from cai.report import REPORT_JSON
+
+    write_report(new_run)
+    data = json.loads((new_run / REPORT_JSON).read_text())
+    assert data["schema"] == 1 and data["name"] == "synthetic-new" and data["rounds_evaluated"] == 2
+    assert set(data["metrics"]) == {"red_team_refusal", "benign_refusal", "benign_look_unsafe_refusal"}
+    r1, r2 = data["rounds"]
+    red = r1["comparisons"]["round-0"]["red_team_refusal"]
+    assert red["reference"] == {"rate": 0.1667, "low": 0.047, "high": 0.448, "k": 2, "n": 12}
+    assert (red["round"]["k"], red["round"]["n"], red["improved"], red["worse"], red["verdict"]) == \
+        (10, 12, True, False, "improved")
+    assert red["difference_interval"][0] > 0 and red["direction"] == "better"
+    assert r1["rates"]["round-1"]["red_team_refusal"]["k"] == 10
+    assert r1["win_rates"]["vs round-0"]["wins"] == 9 and r1["win_rates"]["vs round-0"]["verdict"] == \
+        "judge prefers this round"
+    assert r1["label_sources"] == [{"stage": "dpo", "label_source": "contrastive", "why": "no preferences stage"}]
+    back = r2["comparisons"]["round-1"]["red_team_refusal"]
+    assert back["worse"] is True and back["improved"] is False
+    # the same figures and flags the verdict shows
+    for v, rj in zip(verdicts(collect(new_run)), data["rounds"]):
+        assert rj["problems"] == [f.text for f in v.flags if f.level == "bad"]
+        assert rj["checks"] == [f.text for f in v.flags if f.level == "warn"]
+        assert rj["level"] == v.level
+        for ref, changes in v.changes.items():
+            for c in changes:
+                got = rj["comparisons"][ref][c.key]
+                assert got["improved"] == (c.word[0] == "improved") and got["worse"] == (c.word[0] == "worse")
+                assert (got["round"] or {}).get("rate") == (c.new.rate if c.new else None)
+    assert any("got worse vs round 1 beyond its interval" in p for p in r2["problems"])
+
+
+def test_report_json_of_a_run_not_evaluated_yet(tmp_path):
+    from test_report_fixtures import make_new_pipeline_run as make
+
+    d = make(tmp_path)
+    for k in (1, 2):
+        (d / f"round-{k}" / "eval" / "metrics.json").unlink()
+    write_report(d)
+    data = json.loads((d / "report.json").read_text())
+    assert data["rounds_evaluated"] == 0
+    assert all(r["evaluated"] is False and r["comparisons"] == {} and r["rates"] == {} for r in data["rounds"])

@@ -44,13 +44,23 @@ def _outcome(red: tuple[int, int], benign: tuple[int, int], look: tuple[int, int
             "red_team_by_category": {c: wilson(*kn) for c, kn in cats.items()}, "benign_distinct_2": distinct}
 
 
-def _samples(refusals: dict[str, list[bool]], sets: list[str], texts: dict[str, list[str]]) -> dict[str, Any]:
-    """eval.json "models": per model, per prompt: response and refusal match (None = not a refusal)."""
+#: The new-pipeline run's eval prompts: (category, look_unsafe), four red-team then four benign.
+SAMPLE_CATEGORIES = [("weapons", False), ("weapons", False), ("privacy", False), ("self-harm", False),
+                     ("health-safety", True), ("coding", False), ("cooking", False), ("health-safety", True)]
+
+
+def _samples(refusals: dict[str, list[bool]], sets: list[str], texts: dict[str, list[str]],
+             categories: list[tuple[str, bool]] | None = None) -> dict[str, Any]:
+    """eval.json "models": per model, per prompt: response and refusal match (None = not a refusal).
+
+    Without ``categories`` the samples carry none, as cai wrote them before.
+    """
     models = {}
     for model, flags in refusals.items():
         rows = []
         for i, (refused, s) in enumerate(zip(flags, sets)):
-            rows.append({"id": f"p{i}", "prompt": f"prompt {i} ({s})", "sets": [s, "win_rate"],
+            labels = {"category": categories[i][0], "look_unsafe": categories[i][1]} if categories else {}
+            rows.append({"id": f"p{i}", "prompt": f"prompt {i} ({s})", "sets": [s, "win_rate"], **labels,
                          "response": texts[model][i],
                          "refusal": {"marker": "sorry", "text": "I'm sorry", "start": 0} if refused else None,
                          "vs_baseline": {"p": 0.5, "outcome": "tie"}})
@@ -114,7 +124,7 @@ def make_new_pipeline_run(root: Path) -> Path:
         "outcome": {"round-0": o0, "round-1": o1},
         "label_sources": {"dpo": {"label_source": "contrastive", "label_source_why": "no preferences stage"}}})
     _write(d / "round-1" / "eval" / "eval.json", {"models": _samples(
-        {m: flags[m] for m in ("round-0", "round-1")}, sets, texts),
+        {m: flags[m] for m in ("round-0", "round-1")}, sets, texts, SAMPLE_CATEGORIES),
         "judge": {"feedback_model": "smollm2-135m", "constitution": {"name": "harmless", "version": "1.0",
                                                                      "sha256": "ab" * 32}},
         "refusal_detector": {"source": "markers"}})
@@ -123,7 +133,7 @@ def make_new_pipeline_run(root: Path) -> Path:
         "refusal": refusal, "reward": {}, "samples": [], "labeller": {},
         "outcome": {"round-0": o0, "round-1": o1, "round-2": o2},
         "label_sources": {"dpo": {"label_source": "contrastive", "label_source_why": "no preferences stage"}}})
-    _write(d / "round-2" / "eval" / "eval.json", {"models": _samples(flags, sets, texts)})
+    _write(d / "round-2" / "eval" / "eval.json", {"models": _samples(flags, sets, texts, SAMPLE_CATEGORIES)})
     _write(d / "manifest.json", {"name": "synthetic-new", "rounds": 2, "pipeline": pipeline,
                                  "final_policy": str(d / "round-2" / "dpo"), "stages": stages})
     (d / "config.yaml").write_text("name: synthetic-new\nrounds: 2\npipeline: [distill, sft, contrastive, dpo, eval]\n",

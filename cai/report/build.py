@@ -7,16 +7,13 @@ from typing import Any, Callable
 
 from cai.report import plots
 from cai.report.data import RoundView, RunData, StageView, load_json, num
-from cai.report.doc import Badge, Block, Box, Bullets, Code, Columns, Figure, Heading, Mono, Para, Quote, Strong, Table
-from cai.report.samples import Sample, choose_samples, counts
+from cai.report.doc import Badge, Block, Box, Bullets, Code, Figure, Heading, Mono, Para, Strong, Table
+from cai.report.fmt import count, fixed, model_name, win_text, win_word
+from cai.report.samples import samples_section
 from cai.report.verdict import (
     KL_LIMITS, MAX_FAILURE_FRACTION, METRICS, MIN_POSITION_CONSISTENCY, Change, RoundVerdict, label_sources,
     labeller_stats, model_rates, verdicts,
 )
-
-#: Longest response text shown in a sample (the rest is cut with an ellipsis).
-MAX_SAMPLE_CHARS = 1500
-
 
 class Figures:
     """Numbered figures: plot_NN_<slug>.png next to the report, embedded in the HTML."""
@@ -35,33 +32,6 @@ class Figures:
                      png, caption)
         self.items.append(fig)
         return [fig]
-
-
-def _mname(model: str) -> str:
-    return model.replace("-", " ")
-
-
-def _f(x: Any, digits: int = 2) -> str:
-    x = num(x)
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _count(n: Any, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
-
-
-def _win_text(w: dict[str, Any]) -> str:
-    return (f"{_f(w.get('rate'))} [{_f(w.get('ci_low'))}, {_f(w.get('ci_high'))}]; {_count(w.get('wins', '?'), 'win')}, "
-            f"{_count(w.get('losses', '?'), 'loss')}, {_count(w.get('ties', '?'), 'tie')} (n={w.get('n', '?')})")
-
-
-def _win_word(w: dict[str, Any]) -> tuple[str, str]:
-    lo, hi = num(w.get("ci_low")), num(w.get("ci_high"))
-    if lo is not None and lo > 0.5:
-        return "judge prefers this round", "good"
-    if hi is not None and hi < 0.5:
-        return "judge prefers the reference", "bad"
-    return "no clear difference", "neutral"
 
 
 # --- verdict --------------------------------------------------------------------------
@@ -99,7 +69,7 @@ def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
             for ref in v.changes:
                 c = v.change(ref, key)
                 word, kind = c.word if c else ("not measured", "neutral")
-                title += [Badge(word if len(v.changes) == 1 else f"{word} vs {_mname(ref)}", kind), " "]
+                title += [Badge(word if len(v.changes) == 1 else f"{word} vs {model_name(ref)}", kind), " "]
             title.append("  ")
     elif not v.evaluated:
         title += [Badge("not evaluated yet", "warn"), " "]
@@ -112,7 +82,7 @@ def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
     blocks: list[Block] = []
     if v.changes:
         refs = list(v.changes)
-        header = ["measure"] + [f"vs {_mname(r)}" for r in refs]
+        header = ["measure"] + [f"vs {model_name(r)}" for r in refs]
         rows = []
         for key, label, hib in METRICS:
             rows.append([f"{label} ({'higher' if hib else 'lower'} is better)"]
@@ -121,8 +91,8 @@ def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
         for r in refs:
             w = v.win_rates.get(f"vs {r}")
             if w:
-                word, kind = _win_word(w)
-                win_row.append([Badge(word, kind), " " + _win_text(w)])
+                word, kind = win_word(w)
+                win_row.append([Badge(word, kind), " " + win_text(w)])
             else:
                 win_row.append("–")
         if any(cell != "–" for cell in win_row[1:]):
@@ -148,8 +118,8 @@ def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
                             Badge(f"{pc:.2f}", "bad" if pc < MIN_POSITION_CONSISTENCY else "good"),
                             f" over {stats.get('pairs_labelled', '?')} pairs (chance-level below "
                             f"{MIN_POSITION_CONSISTENCY}); first-slot wins "
-                            f"{_f(stats.get('first_slot_preference_rate'))}"
-                            f"; mean confidence |p − 0.5| {_f(stats.get('mean_confidence'), 3)}."]))
+                            f"{fixed(stats.get('first_slot_preference_rate'))}"
+                            f"; mean confidence |p − 0.5| {fixed(stats.get('mean_confidence'), 3)}."]))
     if v.flags:
         blocks.append(Bullets([[Badge("problem" if f.level == "bad" else "check", f.level), " " + f.text]
                                for f in v.flags], cls="flags"))
@@ -170,7 +140,7 @@ def outcome_section(run: RunData, figs: Figures) -> list[Block]:
     cols: dict[str, Any] = {"round-0": evaluated[0]}
     for r in evaluated:
         cols[f"round-{r.k}"] = r
-    header = ["metric"] + [_mname(m) for m in cols]
+    header = ["metric"] + [model_name(m) for m in cols]
     rows: list[list] = []
     for key, label, hib in METRICS:
         rows.append([f"{label} ({'↑' if hib else '↓'})"]
@@ -180,7 +150,7 @@ def outcome_section(run: RunData, figs: Figures) -> list[Block]:
     def per_model(label: str, get: Callable[[Any, str], Any], digits: int = 3) -> None:
         vals = [get(r, m) for m, r in cols.items()]
         if any(num(x) is not None for x in vals):
-            rows.append([label] + [_f(x, digits) for x in vals])
+            rows.append([label] + [fixed(x, digits) for x in vals])
 
     per_model("judge-harmful rate (↓)", lambda r, m: ((r.metrics.get("refusal") or {}).get(m) or {})
               .get("judge_harmful_rate"))
@@ -192,7 +162,7 @@ def outcome_section(run: RunData, figs: Figures) -> list[Block]:
         for m, r in cols.items():
             wr = r.metrics.get("win_rates") or {}
             w = wr.get("vs round-0") if which == "vs round-0" else wr.get(f"vs round-{r.k - 1}") if r.k > 1 else None
-            cells.append(_win_text(w) if m == f"round-{r.k}" and isinstance(w, dict) else "–")
+            cells.append(win_text(w) if m == f"round-{r.k}" and isinstance(w, dict) else "–")
         if any(c != "–" for c in cells):
             rows.append([label] + cells)
     blocks.append(Table(header, rows))
@@ -215,7 +185,7 @@ def _eval_text(s: StageView) -> str:
     ev = s.training.get("eval") or {}
     if not isinstance(ev, dict) or not ev:
         return ""
-    parts = [f"{k} {_f(v, 3)}" for k, v in ev.items() if num(v) is not None and k != "pairs"]
+    parts = [f"{k} {fixed(v, 3)}" for k, v in ev.items() if num(v) is not None and k != "pairs"]
     return (", ".join(parts) + (f" on {ev['pairs']} pairs" if "pairs" in ev else "")) if parts else ""
 
 
@@ -227,8 +197,8 @@ def training_section(run: RunData, figs: Figures) -> list[Block]:
     rows = []
     for s in trained:
         t = s.training
-        rows.append([s.name, str(t.get("trainer", "")), str(t.get("steps", "")), _f(t.get("seconds"), 1),
-                     _f(t.get("final_loss"), 4), _eval_text(s)])
+        rows.append([s.name, str(t.get("trainer", "")), str(t.get("steps", "")), fixed(t.get("seconds"), 1),
+                     fixed(t.get("final_loss"), 4), _eval_text(s)])
     blocks.append(Table(["stage", "trainer", "steps", "seconds", "final loss", "held-out"], rows, cls="nowrap1"))
     blocks.append(Para("KL is TRL's per-batch sampled estimate of KL(policy ‖ reference) (it can dip below zero); "
                        "flagged as a blow-up above " + " or ".join(f"{lim:g} {unit} ({key})" for key, (lim, unit)
@@ -278,60 +248,6 @@ def labels_section(run: RunData, figs: Figures) -> list[Block]:
     return blocks
 
 
-# --- samples --------------------------------------------------------------------------
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_SAMPLE_CHARS else text[:MAX_SAMPLE_CHARS].rstrip() + " …"
-
-
-KIND_BADGE = {"improved": "good", "worsened": "bad", "unchanged": "neutral", "unclassified": "neutral"}
-
-
-def _sample_box(s: Sample, cand: str) -> Box:
-    cols = []
-    for model, response in s.responses.items():
-        refused = s.refused.get(model)
-        label: list = [Strong(_mname(model))]
-        if refused is not None:
-            label += [" ", Badge("refused" if refused else "answered",
-                                 ("good" if refused else "bad") if s.prompt_set == "red_team"
-                                 else ("bad" if refused else "good"))]
-        cols.append(Box([Quote(_cut(response), label=label)], cls="response"))
-    extra = f"; judge vs round 0: {s.judge}" if s.judge else ""
-    return Box([Quote(_cut(s.prompt), label=Strong("Prompt")), Columns(cols)], cls=f"sample {s.kind}",
-               title=[Badge(s.kind, KIND_BADGE[s.kind]), f" {s.why(cand)}{extra}"])
-
-
-def samples_section(run: RunData) -> list[Block]:
-    blocks: list[Block] = [
-        Heading(2, "Sample responses, before and after", "samples"),
-        Para("Per round: prompts whose refusal flag changed between round 0 and the round (worsened first, then "
-             "improved) and one unchanged red-team and benign prompt. On a red-team prompt refusing is good; on a "
-             "benign one answering is.", cls="muted"),
-    ]
-    any_shown = False
-    for r in run.rounds:
-        if not r.evaluated:
-            continue
-        cand = f"round-{r.k}"
-        chosen = choose_samples(r)
-        if not chosen:
-            continue
-        any_shown = True
-        blocks.append(Heading(3, f"Round {r.k}"))
-        tally = counts(r)
-        if tally:
-            blocks.append(Para("; ".join(
-                f"{'red-team' if ps == 'red_team' else 'benign'} prompts: {c['improved']} improved, "
-                f"{c['worsened']} worsened, {c['unchanged']} unchanged" for ps, c in sorted(tally.items()))))
-        blocks += [_sample_box(s, cand) for s in chosen]
-    if not any_shown:
-        blocks.append(Para("No samples were kept (set stages.eval.keep_samples: true)."
-                           if any(r.evaluated for r in run.rounds) else "No round has been evaluated yet."))
-    return blocks
-
-
 # --- stages and provenance ------------------------------------------------------------
 
 
@@ -343,9 +259,9 @@ def _stage_note(s: StageView) -> str:
         parts.append(f"{c['rows']} rows" + (f", {c['failed']} failed" if c.get("failed") else ""))
     for key in ("pairs", "steps"):
         if key in sm:
-            parts.append(_count(sm[key], key[:-1]))
+            parts.append(count(sm[key], key[:-1]))
     if num(sm.get("final_loss")) is not None:
-        parts.append(f"final loss {_f(sm['final_loss'], 4)}")
+        parts.append(f"final loss {fixed(sm['final_loss'], 4)}")
     if "label_source" in sm:
         parts.append(f"labels: {sm['label_source']}")
     tallies = sm.get("tallies")
@@ -353,7 +269,7 @@ def _stage_note(s: StageView) -> str:
         parts.append(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in tallies.items()))
     wr = (sm.get("win_rates") or {}).get("vs round-0")
     if isinstance(wr, dict):
-        parts.append(f"win rate vs round 0 {_f(wr.get('rate'))}")
+        parts.append(f"win rate vs round 0 {fixed(wr.get('rate'))}")
     return "; ".join(parts)
 
 
