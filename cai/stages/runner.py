@@ -69,31 +69,38 @@ def run_stage(
     desc: str = "stage",
     row_key: Callable[[PromptRecord], str] | None = None,
     progress: bool = True,
+    done: Callable[[PromptRecord], bool] | None = None,
 ) -> StageStats:
-    """Run ``process`` over the records not yet in ``writer``, chunk by chunk.
+    """Run ``process`` over ``records`` chunk by chunk, skipping the chunks already written.
 
-    ``row_key`` maps a record to the id its output rows are stored under (default:
-    the record's id); a stage emitting several rows per record stores a
-    ``source_id`` and passes a key that checks it.
+    A record is finished when ``done(record)`` (default: ``writer`` holds a row or failure
+    under ``row_key(record)``, the record's id unless given). Chunks are cut from the whole
+    record list, so they hold the same records on every run: a chunk that a kill left
+    half-written is processed again whole, and only its missing rows are written. Backends
+    seed sampling per call, so a chunk's rows depend on which records it holds; chunks cut
+    from the unfinished records alone would sample other rows than an uninterrupted run
+    (tests/test_faults.py).
     """
     key = row_key or (lambda r: r.id)
-    todo = [r for r in records if not writer.is_done(key(r))]
-    stats = StageStats(done_before=len(records) - len(todo))
+    is_done = done or (lambda r: writer.is_done(key(r)))
+    finished = [is_done(r) for r in records]
+    stats = StageStats(done_before=sum(finished))
     started = time.perf_counter()
     with progress_bar(total=len(records), desc=desc, unit="prompt", enabled=progress,
                       initial=stats.done_before) as bar:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            result = process(chunk)
-            writer.write_failures(result.failures)
-            writer.write(result.rows)
-            stats.rows += len(result.rows)
-            stats.failed += len(result.failures)
+        for start in range(0, len(records), chunk_size):
+            left = finished[start : start + chunk_size].count(False)
+            if not left:
+                continue
+            result = process(list(records[start : start + chunk_size]))
+            # The writer skips what it holds already: the finished records of a redone chunk.
+            stats.failed += writer.write_failures(result.failures)
+            stats.rows += writer.write(result.rows)
             stats.prompt_tokens += result.prompt_tokens
             stats.completion_tokens += result.completion_tokens
             for k, v in result.tallies.items():
                 stats.tallies[k] = stats.tallies.get(k, 0) + v
-            bar.update(len(chunk))
+            bar.update(left)
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -163,9 +170,8 @@ def run_dataset(
                            overwrite=overwrite)
     check_same_prompts(writer, records)
     done = job.done or (lambda w, r: w.is_done(r.id))
-    todo = [r for r in records if not done(writer, r)]
-    stats = run_stage(todo, writer, job.process, chunk_size=chunk_size, desc=job.desc, progress=progress)
-    stats.done_before = len(records) - len(todo)
+    stats = run_stage(records, writer, job.process, chunk_size=chunk_size, desc=job.desc, progress=progress,
+                      done=lambda r: done(writer, r))
     summary = {**stats.to_dict(), "prompts": len(records), "failed_by_reason": failures_by_reason(writer)}
     if job.summarize is not None:
         summary.update(job.summarize(writer))
