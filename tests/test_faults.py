@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_revise_resume import _command as revisions_command
 from test_rounds import write_config
 
@@ -46,14 +45,14 @@ SUMMARY_KEYS = ("prompts", "failed_by_reason", "labeller", "preference_pairs")
 @pytest.fixture(scope="module", autouse=True)
 def _imported():
     """Import what the commands use once, here, so that each forked child starts warm."""
-    import trl.trainer.reward_trainer  # noqa: F401
-    import trl.trainer.sft_trainer  # noqa: F401
+    import trl.trainer.reward_trainer
+    import trl.trainer.sft_trainer
 
-    import cai.cli.main  # noqa: F401
-    import cai.rounds.runner  # noqa: F401
-    import cai.training.ppo  # noqa: F401
-    import cai.training.reward  # noqa: F401
-    import cai.training.runner  # noqa: F401
+    import cai.cli.main
+    import cai.rounds.runner
+    import cai.training.ppo
+    import cai.training.reward
+    import cai.training.runner
     from cai.training.ppo import PPO
 
     PPO.trainer_cls()  # trl.experimental.ppo

@@ -5,14 +5,14 @@ from __future__ import annotations
 import click
 
 from cai.cli.config_options import build_config, config_options, pop_config_flags
-from cai.cli.options import make_backend_from_options, model_options, print_summary
+from cai.cli.options import make_backend_from_options, model_options, out_dir_callback, print_summary
 from cai.stages.cot_inputs import CotConfig
 
 
 @click.command("cot")
 @click.option("--questions", "-q", "questions_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Question set: .jsonl with 'question' and optional 'answer' (gold) per line.")
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), callback=out_dir_callback,
               help="Dataset directory to write (rerun the same command to resume).")
 # --k and --few-shot are the names these flags had before they came from CotConfig.
 @config_options(CotConfig, aliases={"k_samples": ("--k",), "few_shot_path": ("--few-shot",)})

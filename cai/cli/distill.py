@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from cai.cli.config_options import build_config, config_options, pop_config_flags
-from cai.cli.options import make_backend_from_options, model_options, output_options, print_summary
+from cai.cli.options import (
+    make_backend_from_options,
+    model_options,
+    out_dir_callback,
+    output_options,
+    print_summary,
+)
 from cai.stages.distill import DistillConfig
 
 
@@ -48,7 +54,8 @@ def distill(red_team_path, helpful_path, constitution, template_dir, model, back
 @click.option("--constitution", "-c", default="harmless", show_default=True,
               help="The constitution whose refusals are the rejected side of helpful pairs.")
 @click.option("--no-helpful-side", is_flag=True, help="Only red-team pairs (harmless over compliant).")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Preference dataset directory.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), callback=out_dir_callback,
+              help="Preference dataset directory.")
 @click.option("--overwrite", is_flag=True, help="Replace what cai wrote in --out.")
 def contrastive(distill_dir, constitution, no_helpful_side, out, overwrite) -> None:
     """Preference pairs labelled by construction (RLCD) from distilled rows: no model call."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -70,8 +71,45 @@ sampling_options = _stack(
     click.option("--seed", default=0, show_default=True, type=int),
 )
 
+def check_out_dir(out: str | Path, *, run: bool = False) -> None:
+    """Refuse an --out that is a file, or a non-empty directory cai did not make, before any model loads.
+
+    A dataset directory is cai's when it holds cai's metadata (``.cai/cai_dataset.json``),
+    a run directory (``run=True``) when it holds ``manifest.json``. The dataset writer
+    checks the same again when it opens; checking here first means a mistyped --out
+    costs nothing instead of a model load (and, for `cai run`, whole stages).
+    """
+    from cai.data import LEGACY_META, is_cai_dataset
+    from cai.errors import DataError
+    from cai.rounds.manifest import MANIFEST
+
+    path = Path(out)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise DataError(f"{path}: is a file, not a directory; choose a directory for --out")
+    if (path / MANIFEST).is_file() if run else is_cai_dataset(path):
+        return
+    # Hidden entries and cai's own half-written files (a kill before the first save) are not the user's.
+    ours = {Path(MANIFEST).with_suffix(".tmp").name, LEGACY_META + ".tmp"}
+    theirs = sorted(e.name for e in path.iterdir() if not e.name.startswith(".") and e.name not in ours)
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        what = "a cai run directory" if run else "a cai dataset directory"
+        raise DataError(f"{path}: not empty and not {what} (it holds {shown}); "
+                        "cai writes only into a new or empty --out directory, so choose another one")
+
+
+def out_dir_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback for a dataset command's --out: `check_out_dir` while the flags are parsed."""
+    if value is not None:
+        check_out_dir(value)
+    return value
+
+
 output_options = _stack(
     click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False),
+                 callback=out_dir_callback,
                  help="Dataset directory to write (rerun the same command to resume)."),
     click.option("--overwrite", is_flag=True, help="Discard what --out holds and start again."),
     click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N prompts."),

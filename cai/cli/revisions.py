@@ -70,6 +70,7 @@ def revisions(prompts_path, constitution, template_dir, max_new_tokens, temperat
               help="What sort of prompts to write.")
 @click.option("--n", "n", required=True, type=click.IntRange(1), help="New prompts wanted.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              callback=options.out_dir_callback,
               help="Dataset directory to write (rerun the same command to resume).")
 @click.option("--threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Cosine similarity at or above which two prompts count as duplicates.")

@@ -23,10 +23,12 @@ def run(config: str, rounds: int | None, out: str | None, resume: bool, force: t
     """
     from pathlib import Path
 
+    from cai.cli.options import check_out_dir
     from cai.rounds import load_run_config, run_rounds
 
     cfg = load_run_config(config)
     run_dir = Path(out) if out else Path("runs") / cfg.name
+    check_out_dir(run_dir, run=True)  # before any model loads
     run_rounds(cfg, run_dir, rounds=rounds, resume=resume, force=force, echo=click.echo)
     click.echo(f"run complete: {run_dir}")
     if report:
