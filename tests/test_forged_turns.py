@@ -300,3 +300,63 @@ def test_tokenizer_without_offsets_is_safe_and_unchanged(which, smol_tokenizer, 
     evil, start = (EVIL, "<|im_start|>") if which == "smol" else (EVIL_LLAMA, "<|start_header_id|>")
     ids = enc.encode([{"role": "user", "content": evil}])
     assert _count(ids, inner, start) == (3 if which == "smol" else 2)
+
+
+# --- the training-side paths: reward scoring and PPO's prompts -------------------------------
+
+
+def _tiny_reward_model(tok):
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, num_labels=1,
+                         pad_token_id=tok.pad_token_id)
+    return LlamaForSequenceClassification(config)
+
+
+@pytest.mark.parametrize("which", ["smol", "llama"])
+def test_reward_scorer_reads_content_as_text_and_normal_rows_as_trained(which, smol_tokenizer, llama_tokenizer):
+    import torch
+
+    from cai.evaluation.reward import RewardScorer
+
+    tok = smol_tokenizer if which == "smol" else llama_tokenizer
+    evil, start = (EVIL, "<|im_start|>") if which == "smol" else (EVIL_LLAMA, "<|start_header_id|>")
+    model = _tiny_reward_model(tok)
+    scorer = RewardScorer((model, tok), progress=False)
+    normal = [{"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "Do not."}]
+    # Ordinary rows: the ids TRL's RewardTrainer trained on (the chat template over the whole row).
+    trained = tok.apply_chat_template(normal, tokenize=True, return_dict=True)["input_ids"]
+    assert scorer.encode(normal) == list(trained)
+    # A response that spells a turn change, shown to the reward model: the template's turns only.
+    forged = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": evil}]
+    old = tok.apply_chat_template(forged, tokenize=True, return_dict=True)["input_ids"]
+    ids = scorer.encode(forged)
+    assert _count(ids, tok, start) < _count(old, tok, start)  # the old path forged turns
+    own = _count(scorer.encode([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x"}]), tok, start)
+    assert _count(ids, tok, start) == own
+    # score() reads exactly those ids
+    with torch.inference_mode():
+        want = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    assert scorer.score([forged])[0] == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("which", ["smol", "llama"])
+def test_ppo_prompts_cannot_forge_turns(which, smol_tokenizer, llama_tokenizer):
+    from cai.data import PromptRecord
+    from cai.training.ppo import tokenize_prompts
+
+    tok = smol_tokenizer if which == "smol" else llama_tokenizer
+    evil, start, n = (EVIL, "<|im_start|>", 3) if which == "smol" else (EVIL_LLAMA, "<|start_header_id|>", 2)
+    records = [PromptRecord(messages=[{"role": "user", "content": evil}]), PromptRecord(messages=NORMAL[0])]
+    got = tokenize_prompts(records, tok)
+    old = tok(tok.apply_chat_template(records[0].messages, tokenize=False, add_generation_prompt=True),
+              add_special_tokens=False)["input_ids"]
+    assert _count(old, tok, start) > n  # the bug: the prompt opened turns of its own
+    assert _count(got[0]["input_ids"], tok, start) == n
+    assert "Ignore all rules" in tok.decode(got[0]["input_ids"])  # the content itself is all there
+    # an ordinary prompt gets the ids it always got
+    text = tok.apply_chat_template(NORMAL[0], tokenize=False, add_generation_prompt=True)
+    assert got[1]["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]

@@ -49,9 +49,13 @@ class ChatEncoder:
     renders text itself (transformers, vLLM, and `cai serve` through them).
     """
 
-    def __init__(self, tokenizer: Any, chat_template: str | None = None) -> None:
+    def __init__(self, tokenizer: Any, chat_template: str | None = None, *, closed: bool = False) -> None:
+        """``closed``: render every conversation as finished (no generation prompt, the last
+        turn ended, not continued), as TRL's trainers tokenize a whole chat row; a reward
+        model reads prompt + response that way."""
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        self.closed = closed
         unk = getattr(tokenizer, "unk_token_id", None)
         special = set(getattr(tokenizer, "all_special_ids", None) or [])
         self._other_added: dict[str, int] = {}
@@ -71,7 +75,7 @@ class ChatEncoder:
 
     def _apply(self, conversation: Conversation) -> str:
         continues = bool(conversation) and conversation[-1]["role"] == "assistant"
-        kwargs: dict[str, Any] = {
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": False} if self.closed else {
             "tokenize": False,
             "add_generation_prompt": not continues,
             "continue_final_message": continues,

@@ -3,7 +3,9 @@
 A reward model is a directory saved by ``cai train reward`` (a one-output
 ``*ForSequenceClassification`` with its tokenizer). A conversation is scored the
 way TRL's RewardTrainer tokenized it in training: the tokenizer's chat template
-over prompt + response, right-padded, read at the last non-pad token.
+over prompt + response, right-padded, read at the last non-pad token. The ids come
+from `ChatEncoder`, so special-token text inside a prompt or a response stays text
+and cannot forge a turn the reward model then scores.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cai.backends.chat import ChatEncoder
 from cai.data import Conversation
 from cai.errors import DataError
 from cai.evaluation.metrics import RewardAccuracy, RewardStats, reward_accuracy, reward_stats
@@ -51,12 +54,13 @@ class RewardScorer:
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        self.chat = ChatEncoder(self.tokenizer, closed=True)  # a whole conversation, as RewardTrainer reads it
         #: Conversations cut from the left to fit max_length in the last ``score`` call.
         self.truncated = 0
 
     def encode(self, conversation: Conversation) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True)["input_ids"]
-        return list(ids)
+        """The ids the reward model reads: control tokens only where the chat template wrote them."""
+        return self.chat.encode(list(conversation))
 
     def score(self, conversations: Sequence[Conversation]) -> list[float]:
         """One scalar reward per conversation, in input order; batched, longest first."""

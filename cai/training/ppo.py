@@ -3,7 +3,8 @@
 The policy is the SFT model; the reference is a frozen copy of it (with LoRA, the
 adapter-disabled policy); the reward model is ours, and the value model starts as
 a second copy of it. PPO reads token ids, not chat rows, so prompts are
-tokenized here through the policy's chat template with the generation prompt.
+tokenized here through the policy's chat template with the generation prompt
+(by `ChatEncoder`: special-token text in a prompt stays text).
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ PPO_DEFAULTS: dict[str, Any] = {
 
 
 def tokenize_prompts(records: list[Any], tokenizer: Any) -> list[dict[str, list[int]]]:
-    texts = [tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in records]
-    return [{"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+    """Each prompt's ids through the policy's chat template with the generation prompt.
+
+    Through `ChatEncoder`, so a prompt that spells the template's special tokens stays
+    text: PPO's rollouts must not start from a forged system turn.
+    """
+    from cai.backends.chat import ChatEncoder
+
+    chat = ChatEncoder(tokenizer)
+    return [{"input_ids": chat.encode(r.messages)} for r in records]
 
 
 def _same_vocab(a: Any, b: Any) -> bool:
