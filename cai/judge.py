@@ -8,8 +8,10 @@ token after ``The better response is (`` — one forward pass, no generation.
   and p = mean(P(A | A first), 1 - P(A-slot | B first)). Small models pick a
   slot rather than an answer; averaging cancels that, and ``position_consistent``
   says whether the two orders agreed at all.
-* **Principle ensembling**: m principles per pair (or all), averaged. Which
-  principles a pair gets is a deterministic function of the seed and the pair.
+* **Principle ensembling**: m principles per pair, all of them, or the ones named
+  by id, averaged. Which m principles a pair gets is a deterministic function of the
+  seed and the pair. ``compare(..., principles=...)`` can also name each pair's own
+  principles, so pairs judged by different principles still share one scoring call.
 * **Chain of thought**: generate a rationale first (``preference_cot`` template),
   then score the letter after it; each probability is clamped into ``cot_band``
   (CAI used [0.4, 0.6]) because CoT answers are overconfident.
@@ -55,7 +57,7 @@ class ConstitutionJudge:
         backend: Backend,
         *,
         templates: PromptTemplates | None = None,
-        principles: int | Literal["all"] = 1,
+        principles: int | Literal["all"] | Sequence[str] = 1,
         both_orders: bool = True,
         cot: bool = False,
         cot_band: tuple[float, float] = (0.4, 0.6),
@@ -65,8 +67,15 @@ class ConstitutionJudge:
         options: tuple[str, str] = OPTIONS,
         cot_answer_prefix: str = COT_ANSWER_PREFIX,
     ) -> None:
-        if principles != "all" and not (isinstance(principles, int) and principles >= 1):
-            raise UserInputError(f"principles per pair must be a positive integer or 'all', got {principles!r}")
+        if isinstance(principles, str):
+            valid = principles == "all"
+        elif isinstance(principles, int):
+            valid = principles >= 1 and not isinstance(principles, bool)
+        else:
+            valid = isinstance(principles, Sequence) and all(isinstance(i, str) for i in principles)
+        if not valid:
+            raise UserInputError(f"principles per pair must be a positive integer, 'all' or a list of principle "
+                                 f"ids, got {principles!r}")
         lo, hi = cot_band
         if not (0.0 <= lo <= 0.5 <= hi <= 1.0):
             raise UserInputError(f"cot_band {cot_band} must satisfy 0 <= low <= 0.5 <= high <= 1")
@@ -77,7 +86,9 @@ class ConstitutionJudge:
         self.constitution = constitution
         self.backend = backend
         self.templates = templates or PromptTemplates(constitution=constitution)
-        self.principles = principles
+        #: A count, "all", or (given ids) the tuple of ids every pair is judged by.
+        self.principles: int | Literal["all"] | tuple[str, ...] = (
+            principles if isinstance(principles, (int, str)) else tuple(dict.fromkeys(principles)))
         self.both_orders = both_orders
         self.cot = cot
         self.cot_band = (float(lo), float(hi))
@@ -89,6 +100,8 @@ class ConstitutionJudge:
         self.pool: list[Principle] = [p for p in constitution.principles if p.comparison_question]
         if not self.pool:  # raises the ConstitutionError that names the file and the fix
             constitution.sample_principles(1, random.Random(0), require_comparison=True)
+        if isinstance(self.principles, tuple):
+            self.pool = self._named(self.principles)
         self.templates.validate({self.template_names[-1]: PROVIDES})
         self._options_checked = False
 
@@ -125,9 +138,25 @@ class ConstitutionJudge:
             self.backend.check_options(self.options)
             self._options_checked = True
 
+    def _named(self, ids: Sequence[str]) -> list[Principle]:
+        """The principles with these ids, in that order; an unknown id, or one without a comparison
+        question (the judge has nothing to ask), is a one-line error naming it and the usable ones."""
+        if not ids:
+            raise UserInputError("principles: the list of principle ids is empty; name at least one")
+        by_id = {p.id: p for p in self.constitution.principles}
+        usable = [p.id for p in self.constitution.principles if p.comparison_question]
+        where = self.constitution.source or self.constitution.name
+        for i in ids:
+            if i not in by_id:
+                raise UserInputError(f"principles: {where} has no principle {i!r}; known ids: {', '.join(by_id)}")
+            if not by_id[i].comparison_question:
+                raise UserInputError(f"principles: {where}'s principle {i!r} has no comparison_question, so the "
+                                     f"judge cannot use it; ones that have: {', '.join(usable)}")
+        return [by_id[i] for i in dict.fromkeys(ids)]
+
     def select_principles(self, conversation: Conversation, response_a: str, response_b: str) -> list[Principle]:
-        """The principles for one pair: all, or m drawn by weight, seeded by (seed, pair)."""
-        if self.principles == "all":
+        """The principles for one pair: all (or all the named ones), or m drawn by weight, seeded by (seed, pair)."""
+        if not isinstance(self.principles, int):  # "all", or the ids given
             return list(self.pool)
         from cai.data import stable_hash
 
@@ -192,13 +221,36 @@ class ConstitutionJudge:
         prompts: Sequence[PromptLike],
         responses_a: Sequence[str],
         responses_b: Sequence[str],
+        *,
+        principles: Sequence[str | Sequence[str]] | None = None,
     ) -> list[Judgement]:
-        """Judge each pair (prompts[i], responses_a[i], responses_b[i]); batched into one scoring call."""
+        """Judge each pair (prompts[i], responses_a[i], responses_b[i]); batched into one scoring call.
+
+        ``principles``, when given, names each pair's own principles (an id, or a list of ids; each
+        must be in the judge's pool): pair i is judged by those instead of the judge's selection.
+        Pairs judged by different principles still share the one scoring call.
+        """
         if not (len(prompts) == len(responses_a) == len(responses_b)):
             raise UserInputError(
                 f"compare needs as many prompts as response pairs ({len(prompts)}, {len(responses_a)}, "
                 f"{len(responses_b)})"
             )
+        named: list[list[Principle]] | None = None
+        if principles is not None:
+            if len(principles) != len(prompts):
+                raise UserInputError(f"compare got principles for {len(principles)} pairs but {len(prompts)} pairs")
+            pool_ids = {p.id for p in self.pool}
+            resolved: dict[tuple[str, ...], list[Principle]] = {}  # many pairs share a principle: check it once
+            named = []
+            for ids in principles:
+                key = (ids,) if isinstance(ids, str) else tuple(ids)
+                if key not in resolved:
+                    resolved[key] = self._named(key)
+                    outside = [p.id for p in resolved[key] if p.id not in pool_ids]
+                    if outside:
+                        raise UserInputError(f"principles: {outside[0]!r} is not among this judge's principles "
+                                             f"({', '.join(p.id for p in self.pool)})")
+                named.append(resolved[key])
         self.check_options()
         convs = [as_conversation(p) for p in prompts]
         orders = ("ab", "ba") if self.both_orders else ("ab",)
@@ -206,7 +258,7 @@ class ConstitutionJudge:
         jobs: list[tuple[int, Principle, str, Conversation]] = []  # (pair, principle, order, conversation)
         for i, (conv, a, b) in enumerate(zip(convs, responses_a, responses_b)):
             a, b = str(a), str(b)
-            chosen = self.select_principles(conv, a, b)
+            chosen = named[i] if named is not None else self.select_principles(conv, a, b)
             a_fit, b_fit, notes, fits = self._fit(conv, chosen, a, b)
             plans.append({"principles": chosen, "notes": notes, "skipped": not fits, "truncated": bool(notes) and fits})
             if not fits:

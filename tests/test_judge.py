@@ -106,6 +106,57 @@ def by_question_for(pid):
     return {"harm": 0.9, "honesty": 0.3, "helpful": 0.6}[pid]
 
 
+def _by_question_score(conv, options):
+    text, a, _ = _question_and_slots(conv)
+    p = next(by_question_for(pid) for pid, word in (("harm", "harmful"), ("honesty", "honest"),
+                                                     ("helpful", "helpful")) if word in text)
+    return [p, 1 - p] if a == "first" else [1 - p, p]
+
+
+def test_principles_by_id(constitution):
+    backend = ScriptedBackend(score=_by_question_score)
+    judge = ConstitutionJudge(constitution, backend, principles=["helpful", "harm", "helpful"])
+    assert judge.principles == ("helpful", "harm") and [p.id for p in judge.pool] == ["helpful", "harm"]
+    (j,) = judge.compare(["q"], ["first"], ["second"])
+    assert j.principle_ids == ["helpful", "harm"] and j.p_a == pytest.approx((0.6 + 0.9) / 2)
+    assert judge.provenance()["principles_per_pair"] == ("helpful", "harm")
+    with pytest.raises(UserInputError) as e:
+        ConstitutionJudge(constitution, backend, principles=["harm", "nope"])
+    msg = str(e.value)
+    assert "\n" not in msg and "'nope'" in msg and "harm, honesty, helpful" in msg
+    for bad in ([], "some", True, 0, ["harm", 3]):
+        with pytest.raises(UserInputError):
+            ConstitutionJudge(constitution, backend, principles=bad)
+    mixed = parse_constitution(
+        "name: n\nversion: '1'\nprinciples:\n  - id: q\n    critique_request: c\n    revision_request: r\n"
+        "    comparison_question: Which is better?\n  - id: p\n    critique_request: c\n    revision_request: r\n",
+        source="mixed.yaml")
+    with pytest.raises(UserInputError, match="'p' has no comparison_question.*: q$"):
+        ConstitutionJudge(mixed, backend, principles=["p"])
+
+
+def test_each_pair_its_own_principles_in_one_scoring_call(constitution):
+    """compare(principles=...) judges pair i by its own principles only, all pairs in one backend call,
+    with the labels a judge restricted to that principle alone would give."""
+    backend = ScriptedBackend(score=_by_question_score)
+    judge = ConstitutionJudge(constitution, backend, principles=["harm", "honesty", "helpful"])
+    own = ["honesty", "harm", "helpful", ["harm", "helpful"]]
+    out = judge.compare(["q1", "q2", "q3", "q4"], ["first"] * 4, ["second"] * 4, principles=own)
+    assert len(backend.score_calls) == 1 and len(backend.score_calls[0]) == (1 + 1 + 1 + 2) * 2
+    assert [j.principle_ids for j in out] == [["honesty"], ["harm"], ["helpful"], ["harm", "helpful"]]
+    for j, ids in zip(out[:3], own):
+        alone = ConstitutionJudge(constitution, ScriptedBackend(score=_by_question_score), principles=[ids])
+        assert j.to_dict() == alone.compare([f"q{own.index(ids) + 1}"], ["first"], ["second"])[0].to_dict()
+    assert out[3].p_a == pytest.approx((0.9 + 0.6) / 2)
+    only_harm = ConstitutionJudge(constitution, backend, principles=["harm"])
+    with pytest.raises(UserInputError, match="'honesty' is not among this judge's principles"):
+        only_harm.compare(["q"], ["a"], ["b"], principles=["honesty"])
+    with pytest.raises(UserInputError, match="'nope'"):
+        judge.compare(["q"], ["a"], ["b"], principles=["nope"])
+    with pytest.raises(UserInputError, match="principles for 1 pairs but 2"):
+        judge.compare(["q", "r"], ["a", "b"], ["c", "d"], principles=["harm"])
+
+
 def test_cot_generates_then_scores_and_clamps(constitution):
     backend = ScriptedBackend(respond=lambda conv: "Response A refuses; B helps with harm.", score=prefers_good(0.95))
     judge = ConstitutionJudge(constitution, backend, cot=True, cot_band=(0.4, 0.6))
