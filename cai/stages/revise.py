@@ -141,8 +141,14 @@ def sample_plan(record: PromptRecord, constitution: Constitution, config: Revise
 # --- the stage -------------------------------------------------------------------------
 
 
-class _Batch:
-    """Runs one kind of call for many rows at once, with batched retries of degenerate outputs."""
+class BatchRunner:
+    """Runs one kind of call (response, critique or revision) for many conversations in one batch.
+
+    Degenerate outputs (see ``degenerate_reason``, passed in as ``check``) are re-sampled together,
+    up to ``config.retries`` times, with the stage's seeds and retry temperature; token counts and
+    the degenerate/retry tallies go into ``result``. The revise stage and the workbench both run
+    their calls through it, so a workbench cell samples exactly as the stage does.
+    """
 
     def __init__(self, backend: Backend, config: ReviseConfig, result: ChunkResult) -> None:
         self.backend = backend
@@ -204,7 +210,7 @@ def revise(
     templates = templates or PromptTemplates(constitution=constitution)
     check_config(constitution, config)
     result = ChunkResult()
-    batch = _Batch(backend, config, result)
+    batch = BatchRunner(backend, config, result)
     few_shot = few_shot_context(constitution, config.few_shot)
     records = list(records)
     plans = [sample_plan(r, constitution, config) for r in records]
@@ -369,6 +375,7 @@ def run_revisions(
 
 
 __all__ = [
-    "ReviseConfig", "Sampling", "revise", "run_revisions", "degenerate_reason", "few_shot_context",
-    "critique_conversation", "revision_conversation", "sample_plan", "fingerprint", "preference_row",
+    "ReviseConfig", "Sampling", "BatchRunner", "revise", "run_revisions", "degenerate_reason",
+    "few_shot_context", "critique_conversation", "revision_conversation", "sample_plan", "fingerprint",
+    "preference_row",
 ]

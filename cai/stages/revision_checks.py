@@ -37,12 +37,17 @@ def clean_output(text: str) -> str:
     return _LABEL.sub("", text.strip(), count=1).strip()
 
 
-def _norm(text: str) -> str:
+def normalize_words(text: str) -> str:
+    """Lower-case words separated by single spaces, punctuation dropped: how the checks compare texts.
+
+    Two texts with equal ``normalize_words`` differ only in case, punctuation and spacing, so a
+    revision equal to its response this way "changes nothing".
+    """
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def _similar(a: str, b: str, threshold: float = 0.9) -> bool:
-    na, nb = _norm(a), _norm(b)
+    na, nb = normalize_words(a), normalize_words(b)
     if not na or not nb:
         return na == nb
     if na == nb:
@@ -52,13 +57,13 @@ def _similar(a: str, b: str, threshold: float = 0.9) -> bool:
 
 def _repeats(text: str, request: str) -> bool:
     """The text is the request, near enough, or the request plus a few words (e.g. our 'Answer in ...')."""
-    nt, nr = _norm(text), _norm(request)
+    nt, nr = normalize_words(text), normalize_words(request)
     return _similar(text, request) or (bool(nr) and nr in nt and len(nt) <= 2 * len(nr))
 
 
 def _repetitive(text: str) -> bool:
     # A model stuck in a loop: long output made of very few distinct 4-grams.
-    words = _norm(text).split()
+    words = normalize_words(text).split()
     if len(words) < 16:
         return False
     grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
@@ -71,11 +76,11 @@ which who why will with would you your about just like some any been not no yes"
 
 
 def _content_words(text: str) -> set[str]:
-    return {w for w in _norm(text).split() if len(w) >= 4 and w not in _STOP}
+    return {w for w in normalize_words(text).split() if len(w) >= 4 and w not in _STOP}
 
 
 def _grams(text: str, n: int = 4) -> list[tuple[str, ...]]:
-    words = _norm(text).split()
+    words = normalize_words(text).split()
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
@@ -116,7 +121,7 @@ def degenerate_reason(
     is_refusal: Callable[[str], bool] | None = None,
 ) -> str | None:
     """Why ``text`` (a response, critique or revision) is unusable, or None if it is fine."""
-    if not _norm(text):
+    if not normalize_words(text):
         return "empty"
     if kind == "critique" and principle is not None:
         if _repeats(text, principle.critique_request):
@@ -124,7 +129,7 @@ def degenerate_reason(
         if response and _similar(text, response):
             return "echoes_response"
     if kind == "revision":
-        if response and _norm(text) == _norm(response):
+        if response and normalize_words(text) == normalize_words(response):
             return "identical_to_response"
         if principle is not None and (
             _repeats(text, principle.revision_request) or _repeats(text, principle.critique_request)
@@ -138,3 +143,6 @@ def degenerate_reason(
         return gate_reason(kind, text, gates=gates, prompt=prompt, response=response,
                            exemplar_texts=exemplar_texts, is_refusal=is_refusal)
     return None
+
+
+__all__ = ["Gates", "clean_output", "normalize_words", "exemplar_overlap", "gate_reason", "degenerate_reason"]

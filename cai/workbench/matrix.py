@@ -30,14 +30,14 @@ from cai.judge import OPTIONS, ConstitutionJudge
 from cai.refusal import RefusalDetector
 from cai.stages.responses import policy_conversation
 from cai.stages.revise import (
+    BatchRunner,
     ReviseConfig,
-    _Batch,
     critique_conversation,
     degenerate_reason,
     few_shot_context,
     revision_conversation,
 )
-from cai.stages.revision_checks import _norm
+from cai.stages.revision_checks import normalize_words
 from cai.stages.runner import ChunkResult
 from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 from cai.workbench.backend import LazyBackend
@@ -76,7 +76,7 @@ class Matrix:
 
 def change(a: str, b: str) -> float:
     """How much b differs from a: 1 - the word-level similarity ratio (0 = same words, 1 = nothing shared)."""
-    wa, wb = _norm(a).split(), _norm(b).split()
+    wa, wb = normalize_words(a).split(), normalize_words(b).split()
     if not wa and not wb:
         return 0.0
     return round(1.0 - SequenceMatcher(None, wa, wb, autojunk=False).ratio(), 4)
@@ -150,7 +150,7 @@ def run_matrix(
         if got is None:
             todo.append(i)
     if todo:
-        batch = _Batch(source.get(), config, result)
+        batch = BatchRunner(source.get(), config, result)
         convs = [policy_conversation(records[i], templates, constitution) for i in todo]
         out = batch.run("response", 0, convs, lambda k, text: degenerate_reason("response", text))
         for i, (text, reason, gen) in zip(todo, out):
@@ -226,7 +226,7 @@ def _compute(
 ) -> None:
     """One critique-then-revise step for every missing cell (batched as ``revise`` batches a step), then the judge."""
     backend = source.get()
-    batch = _Batch(backend, config, result)
+    batch = BatchRunner(backend, config, result)
     refusal = RefusalDetector().is_refusal  # what revise() gives the gates (the default markers)
     ex_texts = ({"critique": [ex.critique for ex in constitution.few_shot],
                  "revision": [ex.revision for ex in constitution.few_shot]} if config.few_shot
@@ -266,7 +266,7 @@ def _compute(
     to_judge: dict[str, list[int]] = {}
     for k in missing:
         rev = cells[k].get("revision")
-        if rev and _norm(rev) != _norm(resp(k)):
+        if rev and normalize_words(rev) != normalize_words(resp(k)):
             to_judge.setdefault(prin(k).id, []).append(k)
     for ks in to_judge.values():
         p = prin(ks[0])
