@@ -76,8 +76,11 @@ def test_matrix_cells_batching_and_verdicts(constitution):
         {(p.id, r.id) for p in constitution.principles for r in prompts(2)}
     # One batched generate per step across every cell: initial (2), critiques (6), revisions (6).
     assert [len(call) for call in b.generate_calls] == [2, 6, 6]
-    # The judge: one scoring call per principle, both orders for each of its cells.
-    assert [len(call) for call in b.score_calls] == [4, 4, 4]
+    # The judge: one scoring call for every cell, both orders, each asking only its cell's own principle.
+    assert [len(call) for call in b.score_calls] == [12]
+    questions = [next(q.comparison_question for q in constitution.principles if q.comparison_question in
+                      conv[-2]["content"]) for conv in b.score_calls[0]]
+    assert questions == [p.comparison_question for p in constitution.principles for _ in range(2 * 2)]
     for c in m.cells:
         assert c["cached"] is False and c["verdict"] == "better" and c["reason"] is None
         j = c["judge"]
@@ -87,6 +90,29 @@ def test_matrix_cells_batching_and_verdicts(constitution):
         assert c["revision"].startswith("Revised: a careful answer to question number")
         assert 0 < c["change"] <= 1
     assert m.counts["cells_computed"] == 6 and m.counts["initial_computed"] == 2
+
+
+def test_a_cell_is_judged_by_its_own_principle_alone(constitution):
+    """Batched into one call, each cell's label is what a judge holding only that principle gives."""
+    by_question = {"harmful": 0.9, "honest": 0.3, "helpful": 0.6}
+
+    def score(conv, options):
+        text = conv[-2]["content"]
+        p = next(v for k, v in by_question.items() if f"more {k}" in text or f"less {k}" in text)
+        return [p, 1 - p] if "(A) Revised" in text else [1 - p, p]
+
+    b = backend(score=score)
+    m = run_matrix(constitution, constitution.principles, prompts(2), b)
+    assert len(b.score_calls) == 1
+    got = {c["principle_id"]: c["judge"]["p_revision"] for c in m.cells}
+    assert got == pytest.approx({"harm": 0.9, "honesty": 0.3, "helpful": 0.6})
+    assert {c["verdict"] for c in m.cells if c["principle_id"] == "honesty"} == {"worse"}
+
+
+def test_principles_must_be_the_constitutions_own(constitution):
+    other = constitution.principles[0].model_copy(update={"comparison_question": "Which is shorter?"})
+    with pytest.raises(ValueError, match="harm"):
+        run_matrix(constitution, [other], prompts(1), backend())
 
 
 def test_a_cell_is_what_the_revise_stage_does_for_that_principle(constitution):

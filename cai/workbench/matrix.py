@@ -11,7 +11,8 @@ revisions`` would produce for that prompt had it drawn that principle (n_revisio
 
 Cells not in the cache advance together: one batched ``generate`` for the initial
 responses that are missing, one for all missing critiques, one for all missing
-revisions (plus one per retry round), and one judge scoring call per principle.
+revisions (plus one per retry round), and one judge scoring call for all of them (each
+cell judged by its own principle only).
 """
 
 from __future__ import annotations
@@ -122,8 +123,15 @@ def run_matrix(
     model_key: str | None = None,
     detector: RefusalDetector | None = None,
 ) -> Matrix:
-    """Compute (or take from the cache) every cell of principles x records."""
+    """Compute (or take from the cache) every cell of principles x records.
+
+    ``principles`` are the constitution's own (the judge looks each cell's principle up by id).
+    """
     t0 = time.perf_counter()
+    own = {q.id: q for q in constitution.principles}
+    foreign = [p.id for p in principles if own.get(p.id) != p]
+    if foreign:  # a caller's bug, not the user's: cells keyed by one text would be judged by another
+        raise ValueError(f"run_matrix: principle(s) {', '.join(foreign)} are not those of the constitution given")
     config = (config or ReviseConfig()).model_copy(update={"n_revisions": 1})
     templates = templates or PromptTemplates(constitution=constitution)
     templates.validate({n: TEMPLATE_VARIABLES[n] for n in TEMPLATES})
@@ -263,24 +271,23 @@ def _compute(
 
     # The judge: P(revision better than the initial response) by the cell's own principle, both orders.
     # A revision that is empty or the initial response itself has nothing to judge.
-    to_judge: dict[str, list[int]] = {}
+    to_judge: list[int] = []
     for k in missing:
         rev = cells[k].get("revision")
-        if rev and normalize_words(rev) != normalize_words(resp(k)):
-            to_judge.setdefault(prin(k).id, []).append(k)
-    for ks in to_judge.values():
-        p = prin(ks[0])
-        if not p.comparison_question:
-            for k in ks:
-                cells[k]["judge"] = {"p_revision": None, "notes": ["the principle has no comparison_question"]}
+        if not rev or normalize_words(rev) == normalize_words(resp(k)):
             continue
-        # The judge forced to this one principle: a copy of the constitution holding only it.
-        judge = ConstitutionJudge(constitution.model_copy(update={"principles": [p]}), backend, templates=templates,
-                                  principles=1, both_orders=True, seed=config.seed)
-        verdicts = judge.compare([rec(k).messages for k in ks], [cells[k]["revision"] for k in ks],
-                                 [resp(k) for k in ks])
-        for k, j in zip(ks, verdicts):
+        if prin(k).comparison_question:
+            to_judge.append(k)
+        else:
+            cells[k]["judge"] = {"p_revision": None, "notes": ["the principle has no comparison_question"]}
+    if to_judge:
+        # One judge over the principles these cells need, each pair forced to its cell's own principle:
+        # one scoring call for every cell, and a cell's label depends on its principle alone.
+        judge = ConstitutionJudge(constitution, backend, templates=templates,
+                                  principles=[prin(k).id for k in to_judge], both_orders=True, seed=config.seed)
+        verdicts = judge.compare([rec(k).messages for k in to_judge], [cells[k]["revision"] for k in to_judge],
+                                 [resp(k) for k in to_judge], principles=[prin(k).id for k in to_judge])
+        for k, j in zip(to_judge, verdicts):
             cells[k]["judge"] = _judgement(j)
-
 
 __all__ = ["Matrix", "run_matrix", "change", "TEMPLATES", "VERDICTS"]
