@@ -91,18 +91,23 @@ def write_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
     if p.is_dir():
         raise UserInputError(f"{p}: is a directory; give a file path for the metrics, e.g. {p / 'metrics.json'}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(_clean(metrics), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    p.write_text(json.dumps(json_safe(metrics), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     return p
 
 
-def _clean(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """``x`` with every NaN or infinite float (nested in dicts, lists, tuples) replaced by None.
+
+    ``json.dumps`` would write them as ``NaN``/``Infinity``, which is not JSON: browsers and
+    ``jq`` refuse the file. A figure with no value (no judged pair, no prompt) is null instead.
+    """
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
-__all__ = ["format_table", "write_metrics", "model_rows"]
+__all__ = ["format_table", "write_metrics", "model_rows", "json_safe"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from cai.errors import UserInputError
+from cai.evaluation.table import json_safe
 from cai.workbench.diff import DiffRun
 from cai.workbench.figures import MIN_RATE_PROMPTS, principle_figures, refusal_rates
 from cai.workbench.health import health, rank
@@ -76,16 +76,6 @@ def diff_document(run: DiffRun, *, command: list[str] | None = None) -> dict[str
             "text_diff": run.text, "principle_ids": run.principle_ids, "a": a, "b": b, "pairs": pairs}
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def check_out_dir(out: str | Path) -> Path:
     """Refuse an --out that is a file, before any model loads."""
     p = Path(out).expanduser()
@@ -101,7 +91,7 @@ def write(doc: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     d = check_out_dir(out)
     d.mkdir(parents=True, exist_ok=True)
     stem = "workbench" if doc["kind"] == "try" else "diff"
-    doc = _clean(doc)
+    doc = json_safe(doc)
     jpath, hpath = d / f"{stem}.json", d / f"{stem}.html"
     jpath.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     hpath.write_text(render(doc), encoding="utf-8")
