@@ -144,6 +144,16 @@ def _lazy_backend(model, backend_kind, batch_size, device, dtype):
     return LazyBackend(lambda: options.make_backend_from_options(model, backend_kind, batch_size, device, dtype), key)
 
 
+def _write_and_show(doc: dict, out: str | None, view: str) -> None:
+    """Write the document and its HTML page into --out (when given), then print the terminal view."""
+    from cai.workbench import write
+
+    paths = write(doc, out) if out else None
+    click.echo(view)
+    if paths:
+        click.echo(f"\nwrote {paths[1]} and {paths[0]}")
+
+
 def _templates(c, template_dir):
     from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
     from cai.workbench.matrix import TEMPLATES
@@ -173,7 +183,7 @@ def try_(constitution, prompts_path, prompt_texts, limit, principles, out, cache
     writes OUT/workbench.html and OUT/workbench.json (schema: docs/workbench.md).
     """
     from cai.constitution import load_constitution
-    from cai.workbench import gather_prompts, parse_principles, run_matrix, select_principles, try_document, write
+    from cai.workbench import gather_prompts, parse_principles, run_matrix, select_principles, try_document
     from cai.workbench.document import check_out_dir
     from cai.workbench.terminal import try_text
 
@@ -193,10 +203,7 @@ def try_(constitution, prompts_path, prompt_texts, limit, principles, out, cache
     m = run_matrix(c, chosen, records, backend, config=config, templates=templates, cache=cache)
     doc = try_document(m, command=_command_line())
     doc["timing"]["wall_s"] = round(time.perf_counter() - t0, 3)
-    paths = write(doc, out) if out else None
-    click.echo(try_text(doc, width))
-    if paths:
-        click.echo(f"\nwrote {paths[1]} and {paths[0]}")
+    _write_and_show(doc, out, try_text(doc, width))
 
 
 @group.command("diff")
@@ -228,7 +235,6 @@ def diff(a, b, prompts_path, prompt_texts, limit, principles, out, cache_dir, no
         gather_prompts,
         parse_principles,
         run_diff,
-        write,
     )
     from cai.workbench.document import check_out_dir
     from cai.workbench.terminal import diff_text, text_diff_lines
@@ -255,10 +261,7 @@ def diff(a, b, prompts_path, prompt_texts, limit, principles, out, cache_dir, no
     run = run_diff(ca, cb, ids, records, backend, config=config, templates_a=ta, templates_b=tb, cache=cache,
                    text=text)
     doc = diff_document(run, command=_command_line())
-    paths = write(doc, out) if out else None
-    click.echo(diff_text(doc, width))
-    if paths:
-        click.echo(f"\nwrote {paths[1]} and {paths[0]}")
+    _write_and_show(doc, out, diff_text(doc, width))
 
 
 @group.command("lint")
