@@ -50,3 +50,36 @@ def test_validation_larger_than_the_training_set_is_a_clear_error(tmp_path):
     res = _split(tmp_path, held_out=4, validation=40)
     with pytest.raises(UserInputError, match="validation=40"):
         res.prompt_split()
+
+
+def test_a_run_never_trains_on_the_validation_slice_and_eval_reports_it(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+    from cai.data import read_rows
+
+    red = _prompts(tmp_path / "red.jsonl", "red", 12)
+    helpful = _prompts(tmp_path / "helpful.jsonl", "helpful", 12)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"""name: t
+chunk_size: 8
+pipeline: [distill, sft, eval]
+models: {{policy: {tiny_model_dir}, batch_size: 8}}
+prompts: {{red_team: {red}, helpful: {helpful}, held_out: 2, validation: 3}}
+stages:
+  distill: {{max_new_tokens: 4}}
+  sft: {{config: {{max_steps: 1, max_length: 128}}}}
+  eval: {{max_new_tokens: 4, judge_harmlessness: false}}
+""")
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run"), "--no-report"])
+    assert r.exit_code == 0, r.output
+    res = RunResources(load_run_config(cfg), tmp_path / "run", progress=False)
+    val_red, val_helpful = res.validation_split()
+    trained = {row["source_prompt"] for row in read_rows(tmp_path / "run/round-1/distill")}
+    assert trained and not trained & set(_texts(val_red + val_helpful))
+    metrics = json.loads((tmp_path / "run/round-1/eval/metrics.json").read_text())
+    assert set(metrics["validation"]) == {"round-0", "round-1"}
+    for figs in metrics["validation"].values():
+        assert figs["red_team_refusal"]["n"] == 3 and figs["benign_refusal"]["n"] == 3
+    # The eval figures stay on the held-out eval prompts, not the validation slice.
+    assert metrics["outcome"]["round-1"]["red_team_refusal"]["n"] == 2

@@ -41,6 +41,9 @@ class RoundMetrics:
     outcome: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Which label source trained this round, and why (from the training stages' summaries).
     label_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per model: the same outcome figures on the validation slice of the training sets
+    #: (``prompts.validation``; empty when off). Settings are chosen on these, never on ``outcome``.
+    validation: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,7 +53,7 @@ class RoundMetrics:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(win_rates=d.get("win_rates", {}), reward=d.get("reward", {}), samples=d.get("samples", []),
                    labeller=d.get("labeller", {}), outcome=d.get("outcome", {}),
-                   label_sources=d.get("label_sources", {}),
+                   label_sources=d.get("label_sources", {}), validation=d.get("validation", {}),
                    refusal={k: ModelFigures(**v) for k, v in d.get("refusal", {}).items()})
 
 
@@ -96,6 +99,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     metrics.outcome = {name: outcome_figures(eval_red, eval_benign, by_id[name], confidence=e.confidence)
                        for name in per}
+    metrics.validation = validation_outcome(ctx, models)
     for stage in ctx.cfg.pipeline:
         summary = ctx.res.stage_summary(f"round-{k}/{stage}")
         if summary and "label_source" in summary:
@@ -111,6 +115,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     out = metrics.to_dict()
     (ctx.out / "metrics.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
     return {key: out[key] for key in ("win_rates", "refusal", "reward", "label_sources")}
+
+
+def validation_outcome(ctx: StageContext, models: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each model's outcome figures on the validation slice (greedy as in eval); {} without one."""
+    from cai.evaluation.outcome import outcome_figures
+    from cai.evaluation.runner import generate_for_sets
+
+    val_red, val_helpful = ctx.res.validation_split()
+    if not val_red and not val_helpful:
+        return {}
+    e = ctx.section
+    out = {}
+    for name, spec in models.items():
+        responses = generate_for_sets(ctx.res.backend(spec), {"red_team": val_red, "benign": val_helpful},
+                                      e.sampling(), templates=ctx.res.templates())
+        out[name] = outcome_figures(val_red, val_helpful, responses, confidence=e.confidence)
+    return out
 
 
 STAGE = register_stage(RoundStage(
