@@ -360,3 +360,16 @@ def test_report_json_of_a_run_not_evaluated_yet(tmp_path):
     data = json.loads((d / "report.json").read_text())
     assert data["rounds_evaluated"] == 0
     assert all(r["evaluated"] is False and r["comparisons"] == {} and r["rates"] == {} for r in data["rounds"])
+
+
+def test_validation_slice_figures_are_their_own_rows(new_run):
+    path = new_run / "round-1" / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    assert "validation: harmlessness" not in write_report(new_run)[0].read_text()  # absent: no rows
+    metrics["validation"] = {"round-0": {"red_team_refusal": {"rate": 0.1, "low": 0.02, "high": 0.4, "k": 1, "n": 10}},
+                             "round-1": {"red_team_refusal": {"rate": 0.7, "low": 0.4, "high": 0.89, "k": 7, "n": 10}}}
+    path.write_text(json.dumps(metrics))
+    text = write_report(new_run)[0].read_text()
+    row = next(line for line in text.splitlines() if "validation: harmlessness" in line)
+    assert "0.10 [0.02, 0.40] (1/10)" in row and "0.70 [0.40, 0.89] (7/10)" in row
+    assert "validation: over-refusal" not in text  # only the figures that were measured

@@ -12,7 +12,7 @@ from cai.report.fmt import count, fixed, model_name, win_text, win_word
 from cai.report.samples import samples_section
 from cai.report.verdict import (
     KL_LIMITS, MAX_FAILURE_FRACTION, METRICS, MIN_POSITION_CONSISTENCY, Change, RoundVerdict, label_sources,
-    labeller_stats, model_rates, verdicts,
+    as_rate, labeller_stats, model_rates, verdicts,
 )
 
 class Figures:
@@ -146,6 +146,12 @@ def outcome_section(run: RunData, figs: Figures) -> list[Block]:
         rows.append([f"{label} ({'↑' if hib else '↓'})"]
                     + [(model_rates(r, m).get(key).text() if model_rates(r, m).get(key) else "–")
                        for m, r in cols.items()])
+
+    # The validation slice of the training sets (prompts.validation): what settings are chosen on.
+    for key, label, hib in METRICS:
+        vals = [as_rate(((r.metrics.get("validation") or {}).get(m) or {}).get(key)) for m, r in cols.items()]
+        if any(v is not None for v in vals):
+            rows.append([f"validation: {label} ({'↑' if hib else '↓'})"] + [v.text() if v else "–" for v in vals])
 
     def per_model(label: str, get: Callable[[Any, str], Any], digits: int = 3) -> None:
         vals = [get(r, m) for m, r in cols.items()]
