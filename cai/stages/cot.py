@@ -28,18 +28,21 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 
 from cai.answers import Extraction, normalize_answer
 from cai.backends.base import Backend
 from cai.data import FAILURES_FILE, PromptRecord, read_jsonl, read_rows, stable_hash
-from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
 from cai.templates import PromptTemplates
 
 from cai.stages.cot_inputs import (  # noqa: F401 (re-exported)
     Format, FORMATS, ZERO_SHOT, FEW_SHOT, RATIONALIZE, PROVIDES, DEFAULT_FEW_SHOT, CotConfig, load_questions, as_question_records, load_few_shot, CotPrompts,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+
 
 
 # --- voting -------------------------------------------------------------------------------
@@ -321,10 +324,8 @@ def run_cot(
     *,
     config: CotConfig | None = None,
     templates: PromptTemplates | None = None,
-    overwrite: bool = False,
-    chunk_size: int = 32,
-    progress: bool = True,
     limit: int | None = None,
+    **run: Unpack[DatasetRunOptions],
 ) -> dict[str, Any]:
     """Run the CoT stage over a question set into ``out_dir`` (resumable). Returns counts and summary."""
     config = config or CotConfig()
@@ -360,9 +361,9 @@ def run_cot(
         # writing failures and rows re-runs the question.
         done=done,
         summarize=lambda w: summarize(w.dir), desc="cot",
-        title="cai self-generated chain-of-thought (sft)",
+        title="cai self-generated chain-of-thought (sft)", chunk_size=32,
     )
-    result = run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
+    result = run_dataset(records, out_dir, job, **run)
     return {"out": str(out_dir), **result}
 
 

@@ -20,7 +20,7 @@ carried the answer). ``contrastive`` pairs are built from the same rows.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,8 +30,11 @@ from cai.data import PromptRecord
 from cai.errors import UserInputError
 from cai.refusal import RefusalDetector
 from cai.stages.responses import TEMPLATE, policy_conversation, record_messages
-from cai.stages.runner import ChunkResult
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
 from cai.templates import Conversation, PromptTemplates
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+
 
 #: The prompt set a record came from, kept in ``record.extra`` by `tag_records`.
 SET_KEY = "cai_set"
@@ -168,13 +171,10 @@ def run_distill(
     *,
     config: DistillConfig | None = None,
     templates: PromptTemplates | None = None,
-    overwrite: bool = False,
-    chunk_size: int = 64,
-    progress: bool = True,
+    **run: Unpack[DatasetRunOptions],
 ) -> dict[str, Any]:
     """Context-distillation SFT rows for both prompt sets into a resumable dataset directory."""
     from cai.backends.base import provenance
-    from cai.stages.runner import DatasetJob, run_dataset
 
     config = config or DistillConfig()
     templates = templates or PromptTemplates(constitution=constitution)
@@ -189,7 +189,7 @@ def run_distill(
         process=lambda chunk: distill(chunk, constitution, backend, templates=templates, config=config),
         desc="distill", title="cai context distillation (SFT)",
     )
-    return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
+    return run_dataset(records, out_dir, job, **run)
 
 
 __all__ = ["DistillConfig", "distill", "run_distill", "tag_records", "context_conversation", "SET_KEY"]

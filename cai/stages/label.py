@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -31,8 +31,11 @@ from cai.data import PromptRecord, read_jsonl, read_rows, stable_hash
 from cai.judge import ConstitutionJudge, Judgement
 from cai.stages.responses import TEMPLATE as POLICY_TEMPLATE
 from cai.stages.responses import policy_conversation, record_messages
-from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
 from cai.templates import PromptTemplates
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+
 
 KIND = "preference"
 
@@ -259,10 +262,7 @@ def run_preferences(
     *,
     config: LabelConfig,
     templates: PromptTemplates | None = None,
-    overwrite: bool = False,
-    chunk_size: int = 32,
-    progress: bool = True,
-    extra_provenance: dict[str, Any] | None = None,
+    **run: Unpack[DatasetRunOptions],
 ) -> dict[str, Any]:
     """Label a prompt set into a resumable preference dataset directory; returns counts and summary.
 
@@ -276,16 +276,16 @@ def run_preferences(
     job = DatasetJob(
         kind=KIND, fingerprint=fingerprint(judge, policy_backend, templates, config),
         provenance={"policy_backend": provenance(policy_backend),
-                    "feedback_backend": provenance(feedback_backend), **(extra_provenance or {})},
+                    "feedback_backend": provenance(feedback_backend)},
         process=lambda chunk: label_preferences(chunk, constitution, policy_backend, feedback_backend,
                                                 templates=templates, config=config, judge=judge),
         # A record is done when every one of its pairs is written (as a row or a failure).
         done=lambda w, r: all(w.is_done(pair_id(r.id, i, j)) for i, j in pairs),
         summarize=lambda w: {"labeller": labeller_statistics(read_rows(w.dir), list(read_jsonl(w.fail_path))),
                              "feedback_model": feedback_backend.model_id},
-        desc="preferences", title="cai AI preference labels (RL-CAI)",
+        desc="preferences", title="cai AI preference labels (RL-CAI)", chunk_size=32,
     )
-    return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
+    return run_dataset(records, out_dir, job, **run)
 
 
 __all__ = ["LabelConfig", "label_preferences", "run_preferences", "labeller_statistics", "make_judge", "pair_id"]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends.base import Backend, SamplingParams
 from cai.constitution import Constitution
 from cai.data import PromptRecord
-from cai.stages.runner import ChunkResult
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
 from cai.templates import Conversation, PromptTemplates
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+
 
 TEMPLATE = "initial_response"
 #: Variables the initial_response template is given.
@@ -107,24 +110,20 @@ def run_responses(
     params: SamplingParams,
     templates: PromptTemplates | None = None,
     constitution: Constitution | None = None,
-    overwrite: bool = False,
-    chunk_size: int = 64,
-    progress: bool = True,
-    extra_provenance: dict[str, Any] | None = None,
+    **run: Unpack[DatasetRunOptions],
 ) -> dict[str, Any]:
     """Sample one response per record into a resumable dataset directory (kind "responses")."""
     from cai.backends.base import provenance
-    from cai.stages.runner import DatasetJob, run_dataset
 
     templates = templates or PromptTemplates(constitution=constitution)
     templates.validate({TEMPLATE: PROVIDES})
     job = DatasetJob(
         kind="responses", fingerprint=fingerprint(backend, templates, params, constitution),
-        provenance={"policy_backend": provenance(backend), **(extra_provenance or {})},
+        provenance={"policy_backend": provenance(backend)},
         process=lambda chunk: generate_responses(chunk, backend, templates, params=params, constitution=constitution),
         desc="responses", title="cai responses",
     )
-    return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
+    return run_dataset(records, out_dir, job, **run)
 
 
 __all__ = ["ResponsesConfig", "generate_responses", "policy_conversation", "fingerprint", "run_responses"]

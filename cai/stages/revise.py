@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,8 +28,11 @@ from cai.errors import UserInputError
 from cai.stages.responses import policy_conversation, record_messages
 from cai.stages.revision_pairs import PREFERENCE_DIR, preference_row, write_preference_view  # noqa: F401
 from cai.stages.revision_checks import Gates, clean_output, degenerate_reason, exemplar_overlap  # noqa: F401
-from cai.stages.runner import ChunkResult, DatasetJob, run_dataset
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
 from cai.templates import TEMPLATE_VARIABLES, Conversation, PromptTemplates
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+
 
 RESPONSE_TEMPLATE = "initial_response"
 CRITIQUE_TEMPLATE = "critique"
@@ -353,25 +356,21 @@ def run_revisions(
     *,
     config: ReviseConfig = ReviseConfig(),
     templates: PromptTemplates | None = None,
-    overwrite: bool = False,
-    chunk_size: int = 64,
-    progress: bool = True,
-    extra_provenance: dict[str, Any] | None = None,
+    **run: Unpack[DatasetRunOptions],
 ) -> dict[str, Any]:
     """Critique-and-revise a prompt set into a resumable dataset directory; returns counts + summary."""
     templates = templates or PromptTemplates(constitution=constitution)
     templates.validate({name: TEMPLATE_VARIABLES[name] for name in TEMPLATES})
     check_config(constitution, config)
     fp = fingerprint(backend, templates, constitution, config)
-    prov = {"policy_backend": provenance(backend), "templates": templates.provenance(TEMPLATES),
-            **(extra_provenance or {})}
+    prov = {"policy_backend": provenance(backend), "templates": templates.provenance(TEMPLATES)}
     job = DatasetJob(
         kind="sft", fingerprint=fp, provenance=prov, desc="revisions",
         title="cai revisions (SL-CAI critique and revise)",
         process=lambda chunk: revise(chunk, constitution, backend, templates=templates, config=config),
-        summarize=lambda w: {"preference_pairs": write_preference_view(w.dir, fp, prov)},
+        summarize=lambda w: {"preference_pairs": write_preference_view(w.dir, fp, w.provenance)},
     )
-    return run_dataset(records, out_dir, job, overwrite=overwrite, chunk_size=chunk_size, progress=progress)
+    return run_dataset(records, out_dir, job, **run)
 
 
 __all__ = [

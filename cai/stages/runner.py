@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypedDict
 
 from cai.data import DatasetWriter, PromptRecord
 from cai.progress import progress_bar
@@ -124,6 +124,24 @@ class DatasetJob:
     done: Callable[[DatasetWriter, PromptRecord], bool] | None = None
     #: Extra summary fields, computed from the finished directory.
     summarize: Callable[[DatasetWriter], dict[str, Any]] | None = None
+    #: Records per ``process`` call when the caller does not say (smaller for stages whose
+    #: chunk holds several backend calls per record).
+    chunk_size: int = 64
+
+
+class DatasetRunOptions(TypedDict, total=False):
+    """How a dataset stage is run, as opposed to what it computes: the keywords every ``run_X``
+    stage function (``run_revisions``, ``run_responses``, ...) takes and hands to `run_dataset`
+    unchanged, so they are declared, defaulted and documented once."""
+
+    #: Remove cai's files in the directory and start over instead of resuming.
+    overwrite: bool
+    #: Records per ``process`` call (default: the job's ``chunk_size``).
+    chunk_size: int | None
+    #: Show a progress bar.
+    progress: bool
+    #: Added to the directory's provenance (e.g. the prompt file it was run on).
+    extra_provenance: dict[str, Any] | None
 
 
 def check_same_prompts(writer: DatasetWriter, records: Sequence[PromptRecord]) -> None:
@@ -162,16 +180,20 @@ def run_dataset(
     job: DatasetJob,
     *,
     overwrite: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     progress: bool = True,
+    extra_provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``job`` over ``records`` into a resumable dataset directory; returns counts and summary."""
-    writer = DatasetWriter(out_dir, kind=job.kind, fingerprint=job.fingerprint, provenance=job.provenance,
-                           overwrite=overwrite)
+    """Run ``job`` over ``records`` into a resumable dataset directory; returns counts and summary.
+
+    The keywords are `DatasetRunOptions`.
+    """
+    writer = DatasetWriter(out_dir, kind=job.kind, fingerprint=job.fingerprint,
+                           provenance={**(job.provenance or {}), **(extra_provenance or {})}, overwrite=overwrite)
     check_same_prompts(writer, records)
     done = job.done or (lambda w, r: w.is_done(r.id))
-    stats = run_stage(records, writer, job.process, chunk_size=chunk_size, desc=job.desc, progress=progress,
-                      done=lambda r: done(writer, r))
+    stats = run_stage(records, writer, job.process, chunk_size=chunk_size or job.chunk_size, desc=job.desc,
+                      progress=progress, done=lambda r: done(writer, r))
     summary = {**stats.to_dict(), "prompts": len(records), "failed_by_reason": failures_by_reason(writer)}
     if job.summarize is not None:
         summary.update(job.summarize(writer))
