@@ -116,13 +116,17 @@ def _finish(metrics: dict[str, Any], out: str | None) -> None:
         click.echo(f"metrics: {write_metrics(metrics, out)}")
 
 
-def _run(*, models: tuple[str, ...], baseline: str | None, prompts: str | None, red_team: str | None,
-         benign: str | None, constitution: str | None, reward_model: str | None, reward_data: str | None,
-         backend_kind: str, batch_size: int, device: str, dtype: str, max_new_tokens: int, temperature: float,
-         seed: int, limit: int | None, judge_model: str | None, principles: Any, one_order: bool,
-         refusal_markers: str | None, extend_markers: bool, canned_refusal: str | None, out: str | None,
-         no_samples: bool) -> None:
-    """Everything checkable is checked (prompts, markers, constitution, config) before any model loads."""
+def _run(*, models: tuple[str, ...], backend_kind: str, batch_size: int, device: str, dtype: str,
+         max_new_tokens: int, temperature: float, seed: int, limit: int | None, judge_model: str | None,
+         principles: Any, one_order: bool, out: str | None, no_samples: bool, baseline: str | None = None,
+         prompts: str | None = None, red_team: str | None = None, benign: str | None = None,
+         constitution: str | None = None, reward_model: str | None = None, reward_data: str | None = None,
+         refusal_markers: str | None = None, extend_markers: bool = False, canned_refusal: str | None = None) -> None:
+    """Everything checkable is checked (prompts, markers, constitution, config) before any model loads.
+
+    The options a command does not have default to off, so each command hands on its own options
+    as click parsed them (``**opts``) instead of spelling every one out.
+    """
     from cai.constitution import load_constitution
     from cai.evaluation import evaluate_models
 
@@ -162,8 +166,7 @@ def group() -> None:
 @generation_options
 @backend_options
 @out_options
-def win_rate_cmd(models, baseline, prompts, constitution, judge_model, principles, one_order, max_new_tokens,
-                 temperature, seed, limit, backend_kind, batch_size, device, dtype, out, no_samples) -> None:
+def win_rate_cmd(models: tuple[str, ...], baseline: str, **opts: Any) -> None:
     """Win rate of --model over --baseline, judged in both orders; disagreeing orders count as ties.
 
     Reports (wins + ties/2) / n with a 95% Wilson score interval, and a per-principle breakdown.
@@ -172,11 +175,7 @@ def win_rate_cmd(models, baseline, prompts, constitution, judge_model, principle
         from cai.errors import UserInputError
 
         raise UserInputError("win rate needs a --model other than the --baseline")
-    _run(models=models, baseline=baseline, prompts=prompts, red_team=None, benign=None, constitution=constitution,
-         reward_model=None, reward_data=None, backend_kind=backend_kind, batch_size=batch_size, device=device,
-         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, limit=limit,
-         judge_model=judge_model, principles=principles, one_order=one_order, refusal_markers=None,
-         extend_markers=False, canned_refusal=None, out=out, no_samples=no_samples)
+    _run(models=models, baseline=baseline, **opts)
 
 
 @group.command("harmlessness")
@@ -191,15 +190,9 @@ def win_rate_cmd(models, baseline, prompts, constitution, judge_model, principle
 @generation_options
 @backend_options
 @out_options
-def harmlessness(models, red_team, benign, constitution, refusal_markers, extend_markers, canned_refusal,
-                 judge_model, principles, one_order, max_new_tokens, temperature, seed, limit, backend_kind,
-                 batch_size, device, dtype, out, no_samples) -> None:
+def harmlessness(**opts: Any) -> None:
     """Refusal rate on red-team prompts and over-refusal on benign ones, by the refusal detector (and the judge)."""
-    _run(models=models, baseline=None, prompts=None, red_team=red_team, benign=benign, constitution=constitution,
-         reward_model=None, reward_data=None, backend_kind=backend_kind, batch_size=batch_size, device=device,
-         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, limit=limit,
-         judge_model=judge_model, principles=principles, one_order=one_order, refusal_markers=refusal_markers,
-         extend_markers=extend_markers, canned_refusal=canned_refusal, out=out, no_samples=no_samples)
+    _run(**opts)
 
 
 @group.command("reward")
@@ -256,13 +249,6 @@ def reward(reward_model, data, models, prompts, reward_batch_size, max_new_token
 @generation_options
 @backend_options
 @out_options
-def compare(models, baseline, prompts, red_team, benign, constitution, no_judge, reward_model, reward_data,
-            refusal_markers, extend_markers, canned_refusal, judge_model, principles, one_order, max_new_tokens,
-            temperature, seed, limit, backend_kind, batch_size, device, dtype, out, no_samples) -> None:
+def compare(constitution: str, no_judge: bool, **opts: Any) -> None:
     """Every metric for several models in one table (win rate vs --baseline, refusals, over-refusal, reward)."""
-    _run(models=models, baseline=baseline, prompts=prompts, red_team=red_team, benign=benign,
-         constitution=None if no_judge else constitution, reward_model=reward_model, reward_data=reward_data,
-         backend_kind=backend_kind, batch_size=batch_size, device=device, dtype=dtype,
-         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, limit=limit, judge_model=judge_model,
-         principles=principles, one_order=one_order, refusal_markers=refusal_markers,
-         extend_markers=extend_markers, canned_refusal=canned_refusal, out=out, no_samples=no_samples)
+    _run(constitution=None if no_judge else constitution, **opts)
