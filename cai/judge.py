@@ -121,7 +121,7 @@ class ConstitutionJudge:
             "feedback_model": self.backend.model_id,
             **({"scoring": scoring} if isinstance(scoring, str) else {}),
             "constitution": self.constitution.provenance(),
-            "templates": {k: v["sha256"] for k, v in self.templates.provenance(self.template_names).items()},
+            "templates": self.templates.digests(self.template_names),
             "principles_per_pair": self.principles,
             "both_orders": self.both_orders,
             "cot": self.cot,

@@ -156,6 +156,11 @@ class PromptTemplates:
             for n in names
         }
 
+    def digests(self, names: Iterable[str]) -> dict[str, str]:
+        """File name -> sha256 of each template: the part of `provenance` that enters a fingerprint
+        (where a template was found does not change the rows; its text does)."""
+        return {k: v["sha256"] for k, v in self.provenance(names).items()}
+
     def lint(self, name: str, provides: Iterable[str]) -> list[str]:
         """Problems with one template, given the variables its stage supplies."""
         src = self.source(name)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from cai.answers import Extraction, normalize_answer
 from cai.backends.base import Backend
 from cai.data import FAILURES_FILE, PromptRecord, read_jsonl, read_rows, stable_hash
-from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset, stage_fingerprint
 from cai.templates import PromptTemplates
 
 from cai.stages.cot_inputs import (  # noqa: F401 (re-exported)
@@ -262,13 +262,8 @@ def _rows(prompts: CotPrompts, formats: Sequence[str], question: str, rationale:
 
 
 def fingerprint(backend: Backend, templates: PromptTemplates, config: CotConfig) -> dict[str, Any]:
-    return {
-        "stage": "cot",
-        "policy": backend.model_id,
-        "templates": {k: v["sha256"] for k, v in templates.provenance(list(PROVIDES)).items()},
-        "few_shot": stable_hash(load_few_shot(config.few_shot_path)),
-        "config": config.model_dump(),
-    }
+    return stage_fingerprint("cot", backend, templates, list(PROVIDES),
+                             few_shot=stable_hash(load_few_shot(config.few_shot_path)), config=config.model_dump())
 
 
 def summarize(out_dir: str | Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from cai.data import PromptRecord
 from cai.errors import UserInputError
 from cai.refusal import RefusalDetector
 from cai.stages.responses import TEMPLATE, policy_conversation, record_messages
-from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset, stage_fingerprint
 from cai.templates import Conversation, PromptTemplates
 
 if TYPE_CHECKING:
@@ -153,13 +153,8 @@ def _tally(out: ChunkResult, key: str) -> None:
 
 def fingerprint(backend: Backend, templates: PromptTemplates, constitution: Constitution,
                 config: DistillConfig) -> dict[str, Any]:
-    return {
-        "stage": "distill",
-        "policy": backend.model_id,
-        "config": config.model_dump(mode="json"),
-        "constitution": constitution.provenance(),
-        "templates": {k: v["sha256"] for k, v in templates.provenance([TEMPLATE]).items()},
-    }
+    return stage_fingerprint("distill", backend, templates, [TEMPLATE], config=config.model_dump(mode="json"),
+                             constitution=constitution.provenance())
 
 
 def run_distill(

@@ -246,7 +246,7 @@ def fingerprint(
     return {
         "stage": "preferences",
         "policy": policy_backend.model_id,
-        "policy_template": {k: v["sha256"] for k, v in templates.provenance([POLICY_TEMPLATE]).items()},
+        "policy_template": templates.digests([POLICY_TEMPLATE]),
         "label_config": config.model_dump(mode="json"),
         "judge": judge.provenance(),
         "constitution": judge.constitution.provenance(),

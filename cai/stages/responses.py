@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai.backends.base import Backend, SamplingParams
 from cai.constitution import Constitution
 from cai.data import PromptRecord
-from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset, stage_fingerprint
 from cai.templates import Conversation, PromptTemplates
 
 if TYPE_CHECKING:
@@ -93,13 +93,8 @@ def record_messages(record: PromptRecord) -> Conversation:
 def fingerprint(
     backend: Backend, templates: PromptTemplates, params: SamplingParams, constitution: Constitution | None
 ) -> dict[str, Any]:
-    return {
-        "stage": "responses",
-        "policy": backend.model_id,
-        "templates": {k: v["sha256"] for k, v in templates.provenance([TEMPLATE]).items()},
-        "sampling": params.to_dict(),
-        "constitution": constitution.provenance() if constitution else None,
-    }
+    return stage_fingerprint("responses", backend, templates, [TEMPLATE], sampling=params.to_dict(),
+                             constitution=constitution.provenance() if constitution else None)
 
 
 def run_responses(

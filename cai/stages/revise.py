@@ -28,7 +28,7 @@ from cai.errors import UserInputError
 from cai.stages.responses import policy_conversation, record_messages
 from cai.stages.revision_pairs import PREFERENCE_DIR, preference_row, write_preference_view  # noqa: F401
 from cai.stages.revision_checks import Gates, clean_output, degenerate_reason, exemplar_overlap  # noqa: F401
-from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
+from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset, stage_fingerprint
 from cai.templates import TEMPLATE_VARIABLES, Conversation, PromptTemplates
 
 if TYPE_CHECKING:
@@ -339,13 +339,8 @@ def fingerprint(
     backend: Backend, templates: PromptTemplates, constitution: Constitution, config: ReviseConfig
 ) -> dict[str, Any]:
     """Everything that decides the rows; a resume with other settings is refused."""
-    return {
-        "stage": "revisions",
-        "policy": backend.model_id,
-        "templates": {k: v["sha256"] for k, v in templates.provenance(TEMPLATES).items()},
-        "config": config.model_dump(mode="json"),
-        "constitution": constitution.provenance(),
-    }
+    return stage_fingerprint("revisions", backend, templates, TEMPLATES, config=config.model_dump(mode="json"),
+                             constitution=constitution.provenance())
 
 
 def run_revisions(

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypedDict
 
 from cai.data import DatasetWriter, PromptRecord
 from cai.progress import progress_bar
+
+if TYPE_CHECKING:
+    from cai.backends.base import Backend
+    from cai.templates import PromptTemplates
 
 
 @dataclass
@@ -142,6 +146,16 @@ class DatasetRunOptions(TypedDict, total=False):
     progress: bool
     #: Added to the directory's provenance (e.g. the prompt file it was run on).
     extra_provenance: dict[str, Any] | None
+
+
+def stage_fingerprint(
+    stage: str, policy: Backend, templates: PromptTemplates, template_names: Iterable[str], **settings: Any
+) -> dict[str, Any]:
+    """A dataset stage's `DatasetJob.fingerprint`: the stage, the model that writes its rows, the digests
+    of the templates it renders, and its own ``settings``. Every one of them decides the rows, so a
+    directory written under another fingerprint is not resumed (`DatasetWriter` refuses it)."""
+    return {"stage": stage, "policy": policy.model_id, "templates": templates.digests(template_names),
+            **settings}
 
 
 def check_same_prompts(writer: DatasetWriter, records: Sequence[PromptRecord]) -> None:

@@ -25,7 +25,7 @@ from cai.dedup import dedup_texts, normalise
 from cai.embeddings import DEFAULT_THRESHOLD
 from cai.errors import UserInputError
 from cai.progress import progress_bar
-from cai.stages.runner import ChunkResult
+from cai.stages.runner import ChunkResult, stage_fingerprint
 from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 
 TEMPLATE = "synthetic_prompts"
@@ -117,13 +117,9 @@ def _tally(result: ChunkResult, key: str, n: int = 1) -> None:
 def fingerprint(backend: Backend, templates: PromptTemplates, config: SyntheticConfig,
                 seeds: Sequence[str]) -> dict[str, Any]:
     # n is left out: asking for more later extends the same set.
-    return {
-        "stage": "synthetic_prompts",
-        "policy": backend.model_id,
-        "templates": {k: v["sha256"] for k, v in templates.provenance([TEMPLATE]).items()},
-        "config": config.model_dump(mode="json", exclude={"n"}),
-        "seeds_sha256": stable_hash(list(seeds), length=64),
-    }
+    return stage_fingerprint("synthetic_prompts", backend, templates, [TEMPLATE],
+                             config=config.model_dump(mode="json", exclude={"n"}),
+                             seeds_sha256=stable_hash(list(seeds), length=64))
 
 
 def run_synthetic_prompts(
