@@ -60,6 +60,15 @@ def tiny_backend(tiny_model_dir):
     return TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_backend_fp32(tiny_model_dir):
+    """tiny_backend pinned to fp32, for tests whose point is an exact equality (auto is bf16 on a
+    CPU with bf16 units, whose rounding depends on batch shape)."""
+    from cai.backends.transformers import TransformersBackend
+
+    return TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", dtype="float32", progress=False)
+
+
 @pytest.fixture
 def tiny_constitution_path() -> Path:
     return FIXTURES / "tiny_constitution.yaml"

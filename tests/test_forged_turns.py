@@ -199,7 +199,10 @@ def test_transformers_backend_greedy_and_scores_unchanged_for_normal_prompts(tin
     conv = NORMAL[2]
     raw = tiny_backend.choice_logprobs([conv], ["A", "B"])[0].extra["raw_logprobs"]
     ids = tok(tiny_backend.render(conv), add_special_tokens=False)["input_ids"]
-    with torch.inference_mode():
+    from cai.backends.precision import precise_logits
+
+    # the logits choice scoring reads: fp32 even where the model runs in bf16
+    with torch.inference_mode(), precise_logits(tiny_backend.model):
         logp = torch.log_softmax(tiny_backend.model(torch.tensor([ids])).logits[0, -1].float(), -1)
     want = [logp[tok(tiny_backend.render(conv) + o, add_special_tokens=False)["input_ids"][-1]].item() for o in "AB"]
     assert raw == pytest.approx(want, abs=1e-4)

@@ -114,7 +114,8 @@ def test_onednn_projections_give_the_same_scores_and_text(tiny_model_dir):
     from cai.backends.transformers import TransformersBackend
     from cai.models import load_model
 
-    ours = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", progress=False)
+    # fp32 pinned: the swap applies to fp32 layers only (auto is bf16 on a CPU with bf16 units)
+    ours = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", dtype="float32", progress=False)
     plain = TransformersBackend(load_model(str(tiny_model_dir), device="cpu"), batch_size=4, progress=False)
     if torch.backends.mkldnn.is_available():
         assert isinstance(ours.model.lm_head, OneDNNLinearBase)

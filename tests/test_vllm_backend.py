@@ -62,7 +62,10 @@ class StandInLLM:
         return outs
 
 
-def test_glue_against_transformers_scores(monkeypatch, tiny_model_dir, tiny_backend):
+def test_glue_against_transformers_scores(monkeypatch, tiny_model_dir, tiny_backend_fp32):
+    # fp32 pinned: the glue must reproduce the reference's numbers exactly, and the stand-in
+    # engine scores with the model's plain forward (a bf16 model's scoring reads fp32 logits)
+    tiny_backend = tiny_backend_fp32
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=StandInSamplingParams, __version__="stand-in"))
     backend = VLLMBackend(str(tiny_model_dir), llm=StandInLLM(tiny_backend), progress=False)
     assert backend.context_window == 512

@@ -20,16 +20,33 @@ from cai.backends.base import (
 )
 from cai.backends.chat import FALLBACK_CHAT_TEMPLATE, ChatEncoder, RenderedChat  # noqa: F401 (re-exported)
 from cai.backends.onednn import use_onednn_linears
+from cai.backends.precision import PreciseHeadBase, precise_logits, use_bf16_with_fp32_logits
 from cai.backends.prefix import Stage, plan_prefill, split_by_width
 from cai.backends.sampling import _positions, keep_freed_memory, sample_next  # noqa: F401 (sample_next re-exported)
 from cai.errors import UserInputError
-from cai.models import LoadedModel, load_model
+from cai.models import LoadedModel, load_model, pick_device
 from cai.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 #: What one more prefill pass costs, in padded tokens (see prefix.split_by_width).
 CHUNK_OVERHEAD = 64
+
+
+def choose_dtype(device: str, dtype: str | None) -> tuple[str | None, str]:
+    """The dtype a backend loads its model in, and why (``describe()["dtype_choice"]``).
+
+    ``auto`` (or None) on a CPU is bfloat16 where the CPU computes it natively, float32
+    elsewhere (cai.hardware.auto_cpu_dtype; ``CAI_CPU_DTYPE`` overrides it); on other
+    devices it is left to ``cai.models.pick_dtype`` (bf16 on a GPU that has it).
+    """
+    if dtype and dtype != "auto":
+        return dtype, "given"
+    if device == "cpu":
+        from cai.hardware import auto_cpu_dtype
+
+        return auto_cpu_dtype()
+    return None, f"auto: the {device} default"
 
 
 def cache_keyword(model: Any) -> str:
@@ -59,7 +76,22 @@ class TransformersBackend:
         max_context: int | None = None,
         prefix_sharing: bool = True,
     ) -> None:
-        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+        if isinstance(model, LoadedModel):
+            self.loaded, self.dtype_choice = model, "given model"
+        else:
+            dev = pick_device(device)
+            want, self.dtype_choice = choose_dtype(dev, dtype)
+            bf16_cpu = dev == "cpu" and want == "bfloat16"
+            # bf16 on the CPU: loaded in fp32 so the fp32 copy of the vocabulary projection
+            # that choice scoring reads is the checkpoint's, not bf16-rounded (backends/precision.py).
+            self.loaded = load_model(model, device=dev, dtype="float32" if bf16_cpu else want)
+            if bf16_cpu:
+                import torch
+
+                use_bf16_with_fp32_logits(self.loaded.model)
+                self.loaded.dtype = torch.bfloat16
+            log.info("%s: %s on %s (%s)", model, str(self.loaded.dtype).replace("torch.", ""), dev,
+                     self.dtype_choice)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
         self.model_id = self.loaded.model_id
@@ -94,6 +126,10 @@ class TransformersBackend:
         return {
             "device": self.loaded.device,
             "dtype": str(self.loaded.dtype).replace("torch.", ""),
+            "dtype_choice": self.dtype_choice,
+            # choice scoring reads fp32 logits of a bf16 CPU model (backends/precision.py)
+            "scoring_logits": "float32" if any(isinstance(m, PreciseHeadBase) for m in self.model.modules())
+            else str(self.loaded.dtype).replace("torch.", ""),
             "batch_size": self.batch_size,
             "model_path": self.loaded.path,
             "chat_template": "fallback" if self._uses_fallback_template else "tokenizer",
@@ -173,8 +209,6 @@ class TransformersBackend:
     def choice_logprobs(
         self, conversations: Sequence[Conversation], options: Sequence[str]
     ) -> list[ChoiceScores]:
-        import torch
-
         self.check_options(options)
         if not conversations:
             return []
@@ -194,6 +228,13 @@ class TransformersBackend:
             cut = max(0, max(len(c) + len(o) for c, o in splits) - budget)
             splits = [(c[cut:], o) for c, o in splits]
             jobs.append((prompt[cut:], splits, cut > 0))
+
+        # fp32 logits even for a bf16 model: bf16's logit steps moved soft labels by up to ~0.05
+        with precise_logits(self.model):
+            return self._score(jobs, options)
+
+    def _score(self, jobs, options: Sequence[str]) -> list[ChoiceScores]:
+        import torch
 
         results: list[ChoiceScores | None] = [None] * len(jobs)
         fast = [

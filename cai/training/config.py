@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from cai.hardware import cpu_has_native_bf16  # lives there: the backends read it too
 from cai.progress import bars_enabled
 from cai.training.fields import TrainingConfigError, coerce_fields
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trains ~2x faster.
-
-    ``CAI_TRAIN_BF16=0`` (or ``1``) overrides the detection.
-    """
-    forced = os.environ.get("CAI_TRAIN_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def cpu_friendly_defaults() -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""dtype=auto on the CPU: bf16 where the CPU computes it natively, fp32 elsewhere, and it says which."""
+
+from __future__ import annotations
+
+import pytest
+
+import cai.hardware as hw
+
+
+def test_cpu_bf16_features_reads_the_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert hw.cpu_bf16_features(info) == {"avx512_bf16", "amx_bf16"}
+    info.write_text("flags\t\t: fpu avx2 fma avx512_bf16x\n")  # a longer flag is not the flag
+    assert hw.cpu_bf16_features(info) == set()
+    assert hw.cpu_bf16_features(tmp_path / "missing") == set()
+
+
+def test_auto_cpu_dtype_follows_the_cpu_and_the_override(monkeypatch):
+    monkeypatch.delenv(hw.CPU_DTYPE_ENV, raising=False)
+    monkeypatch.setattr(hw, "cpu_bf16_features", lambda: {"amx_bf16"})
+    dtype, why = hw.auto_cpu_dtype()
+    assert dtype == "bfloat16" and "amx_bf16" in why
+    monkeypatch.setattr(hw, "cpu_bf16_features", lambda: set())
+    assert hw.auto_cpu_dtype()[0] == "float32"
+    monkeypatch.setenv(hw.CPU_DTYPE_ENV, "bfloat16")
+    assert hw.auto_cpu_dtype() == ("bfloat16", "auto: CAI_CPU_DTYPE=bfloat16")
+    monkeypatch.setenv(hw.CPU_DTYPE_ENV, "fp16")
+    from cai.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="CAI_CPU_DTYPE"):
+        hw.auto_cpu_dtype()
+
+
+def test_training_reads_the_same_detection_with_its_own_override(monkeypatch):
+    from cai.training import config
+
+    assert config.cpu_has_native_bf16 is hw.cpu_has_native_bf16
+    monkeypatch.setenv("CAI_TRAIN_BF16", "0")
+    assert not hw.cpu_has_native_bf16()
+    monkeypatch.setenv("CAI_TRAIN_BF16", "1")
+    assert hw.cpu_has_native_bf16()
+
+
+def test_choose_dtype(monkeypatch):
+    from cai.backends.transformers import choose_dtype
+
+    monkeypatch.setenv(hw.CPU_DTYPE_ENV, "float32")
+    assert choose_dtype("cpu", "auto") == ("float32", "auto: CAI_CPU_DTYPE=float32")
+    assert choose_dtype("cpu", None)[0] == "float32"
+    assert choose_dtype("cpu", "bfloat16") == ("bfloat16", "given")
+    assert choose_dtype("cuda", "auto")[0] is None  # left to cai.models.pick_dtype
+
+
+def test_bf16_backend_scores_with_fp32_logits_and_stays_close_to_fp32(tiny_model_dir, tiny_backend_fp32, monkeypatch):
+    import math
+
+    import torch
+
+    from cai.backends.base import SamplingParams
+    from cai.backends.precision import PreciseHeadBase
+    from cai.backends.transformers import TransformersBackend
+
+    monkeypatch.setenv(hw.CPU_DTYPE_ENV, "bfloat16")  # what auto picks on a CPU with bf16 units
+    bf16 = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", progress=False)
+    info = bf16.describe()
+    assert info["dtype"] == "bfloat16" and info["scoring_logits"] == "float32"
+    assert info["dtype_choice"] == "auto: CAI_CPU_DTYPE=bfloat16"
+    assert tiny_backend_fp32.describe()["dtype"] == "float32"
+    assert tiny_backend_fp32.describe()["scoring_logits"] == "float32"
+    assert next(bf16.model.model.parameters()).dtype == torch.bfloat16
+    head = bf16.model.get_output_embeddings()
+    assert isinstance(head, PreciseHeadBase) and not head.precise
+    assert bf16.parameter_count == tiny_backend_fp32.parameter_count
+
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": "The better response is ("}]
+             for q in ("Which is kinder?", "word " * 40)]
+    for options in (["A", "B"], ["A) yes", "B) no"]):  # the fast path and the general one
+        ours = bf16.choice_logprobs(convs, options)
+        ref = tiny_backend_fp32.choice_logprobs(convs, options)
+        for a, b in zip(ours, ref):
+            assert abs(math.exp(a.logprobs[0]) - math.exp(b.logprobs[0])) <= 0.02
+    assert not head.precise  # back to bf16 logits for generation
+    gens = bf16.generate([c[:1] for c in convs], SamplingParams(max_new_tokens=6, temperature=0))
+    assert all(g.completion_tokens == 6 for g in gens)
+
+
+def test_the_override_keeps_fp32(tiny_model_dir, monkeypatch):
+    from cai.backends.transformers import TransformersBackend
+
+    monkeypatch.setenv(hw.CPU_DTYPE_ENV, "float32")
+    b = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", progress=False)
+    assert b.describe()["dtype"] == "float32" and b.describe()["dtype_choice"] == "auto: CAI_CPU_DTYPE=float32"
