@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.errors import ConstitutionError
+from cai.ids import stable_hash
 from cai.yamlfile import parse_yaml_model
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -75,10 +76,11 @@ class Constitution(_Strict):
     )
     principles: list[Principle]
     few_shot: list[FewShotExample] = Field(default_factory=list)
-    refusals: dict[str, str] = Field(
+    refusals: dict[str, str | list[str]] = Field(
         default_factory=dict,
-        description="What to say to a harmful request, by prompt category ('default' for any other). "
-                    "Context distillation and contrastive pairs use it as the harmless answer.",
+        description="What to say to a harmful request, by prompt category ('default' for any other): one "
+                    "text, or a list of wordings to pick from by prompt. Context distillation and "
+                    "contrastive pairs use it as the harmless answer.",
     )
 
     # Set by load_constitution; not part of the file.
@@ -102,6 +104,15 @@ class Constitution(_Strict):
             seen.add(p.id)
         return v
 
+    @field_validator("refusals")
+    @classmethod
+    def _refusal_texts(cls, v: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for category, texts in v.items():
+            for text in [texts] if isinstance(texts, str) else texts or [""]:
+                if not text.strip():
+                    raise ValueError(f"refusals.{category}: an empty refusal; write the text or remove the entry")
+        return v
+
     @model_validator(mode="after")
     def _few_shot_refs(self) -> "Constitution":
         ids = {p.id for p in self.principles}
@@ -115,11 +126,26 @@ class Constitution(_Strict):
 
     # --- behaviour -------------------------------------------------------------------
 
-    def refusal_for(self, category: str | None) -> str | None:
-        """The constitution's answer to a harmful request of ``category`` (else its default), if it has one."""
-        if category and category in self.refusals:
-            return self.refusals[category]
-        return self.refusals.get("default")
+    def refusal_for(self, category: str | None, key: str = "") -> str | None:
+        """The constitution's answer to a harmful request of ``category`` (else its default), if it has one.
+
+        Where the category lists several wordings, ``key`` (a prompt's id) picks one, the same
+        one every time. Varied wordings matter for what is learned from them: greedy decoding
+        takes the single likeliest first token, and one shared opener ("I can't help with")
+        gathers all the refusal mass on one token, so it wins even on prompts where an
+        ordinary answer is likelier overall (issue 15's note measured this).
+        """
+        texts = self.refusals.get(category) if category and category in self.refusals else self.refusals.get("default")
+        if texts is None or isinstance(texts, str):
+            return texts
+        return texts[int(stable_hash("refusal", key), 16) % len(texts)]
+
+    def all_refusals(self) -> list[str]:
+        """Every refusal wording of every category, each once, in a stable order."""
+        out: list[str] = []
+        for texts in self.refusals.values():
+            out += [t for t in ([texts] if isinstance(texts, str) else texts) if t not in out]
+        return sorted(out)
 
     def principle(self, principle_id: str) -> Principle:
         for p in self.principles:

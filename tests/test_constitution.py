@@ -103,3 +103,19 @@ def test_principle_sampling_weighted_seeded_unique(tiny_constitution_path):
     assert a.count("harm") > 2 * a.count("helpful")
     u = [p.id for p in c.sample_principles(5, random.Random(2), unique=True)]
     assert sorted(u) == ["harm", "helpful", "honesty"]
+
+
+def test_refusals_may_list_wordings_picked_per_prompt_the_same_each_time():
+    c = parse_constitution(GOOD + "refusals:\n  default: No.\n  weapons: [Not that., I won't., Sorry - no.]\n", "x.yaml")
+    picks = {key: c.refusal_for("weapons", key) for key in (f"id-{i}" for i in range(40))}
+    assert set(picks.values()) == {"Not that.", "I won't.", "Sorry - no."}  # spread over the wordings
+    assert all(c.refusal_for("weapons", k) == v for k, v in picks.items())  # and stable per prompt
+    assert c.refusal_for("drugs", "id-1") == c.refusal_for(None) == "No."
+    assert c.all_refusals() == sorted(["No.", "Not that.", "I won't.", "Sorry - no."])
+
+
+def test_an_empty_refusal_is_a_clear_error():
+    with pytest.raises(ConstitutionError, match="refusals.weapons: an empty refusal"):
+        parse_constitution(GOOD + "refusals:\n  weapons: ['ok', '  ']\n", "x.yaml")
+    with pytest.raises(ConstitutionError, match="refusals.weapons"):
+        parse_constitution(GOOD + "refusals:\n  weapons: []\n", "x.yaml")

@@ -33,7 +33,7 @@ def contrastive_pairs(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """(pairs, skipped rows with reasons, tallies) from distill rows."""
     detector = detector or RefusalDetector()
-    refusals = sorted(set(constitution.refusals.values()))
+    refusals = constitution.all_refusals()
     pairs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     tallies: dict[str, int] = {}

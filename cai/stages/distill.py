@@ -115,7 +115,7 @@ def distill(
                  "in_context_response": in_context}
         if red[i]:
             if config.red_team_target == "refusal":
-                target, source = constitution.refusal_for(rec.extra.get("category")), "constitution_refusal"
+                target, source = constitution.refusal_for(rec.extra.get("category"), rec.id), "constitution_refusal"
             elif in_context and detector.is_refusal(in_context):
                 target, source = in_context, "in_context"
             else:

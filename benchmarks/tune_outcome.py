@@ -1,0 +1,213 @@
+"""Choose the quickstart's training settings on a validation slice of the *training* sets.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_outcome.py DISTILL_DIR --out runs/tune \
+        [--variants base,helpful2,...] [--validation 64]
+
+DISTILL_DIR is a finished ``distill`` stage (e.g. ``runs/quickstart/round-1/distill``). A
+seeded slice of ``--validation`` prompts of each training set (red_team.jsonl, helpful.jsonl)
+is held out: its rows are removed from the SFT and DPO data, and each variant's model is
+scored on it (greedy, cai's refusal detector, Wilson 95% intervals). The eval files
+(eval_red_team.jsonl, eval_benign.jsonl) are never read here: settings are chosen on this
+slice and only then measured once on the eval files (benchmarks/outcome.py).
+
+Each variant trains SFT (and optionally DPO on the contrastive pairs) from the embedded
+default; SFT models are cached by their settings, so DPO variants share one SFT. One JSON
+line per variant goes to OUT/results.jsonl and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CAI_NO_PROGRESS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SFT = {"max_steps": 60, "per_device_train_batch_size": 8, "learning_rate": 5.0e-5, "max_length": 192,
+       "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 5}
+DPO = {"max_steps": 20, "per_device_train_batch_size": 8, "learning_rate": 5.0e-6, "beta": 0.1, "max_length": 192}
+
+#: name -> (SFT overrides, data weights, DPO overrides or None). Weights repeat rows:
+#: red (red-team refusals), helpful (ordinary answers), look (extra factor for look-unsafe ones).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "base+dpo": {"dpo": {}},
+    "look2": {"weights": {"look": 2}},
+    "helpful2": {"weights": {"helpful": 2}},
+    "red-half": {"weights": {"red": 0.5}},
+    "steps30": {"sft": {"max_steps": 30}},
+    "steps120": {"sft": {"max_steps": 120}},
+    "dpo-strong": {"dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
+    "dpo-5e-5": {"dpo": {"learning_rate": 5.0e-5, "max_steps": 40}},
+    "look2+dpo-strong": {"weights": {"look": 2}, "dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
+    "red-half+look2": {"weights": {"red": 0.5, "look": 2}},
+    "red-half+look2+dpo": {"weights": {"red": 0.5, "look": 2}, "dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
+    "openers": {"openers": True},
+    "lora": {"lora": {"r": 16, "lora_alpha": 32}, "sft": {"learning_rate": 3.0e-4}},
+    "openers+dpo": {"openers": True, "dpo": {}},
+    "steps120-cos": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"}},
+    "steps180-cos": {"sft": {"max_steps": 180, "lr_scheduler_type": "cosine"}},
+    "steps120-cos+dpo": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"},
+                         "dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
+}
+
+
+#: Refusal openers with distinct first tokens (see vary_openers).
+OPENERS = ("I can't help with ", "Sorry, I can't help with ", "No, I won't help with ",
+           "Unfortunately, I can't help with ", "That's something I won't help with: ",
+           "Thanks for asking, but I can't help with ")
+
+
+def vary_openers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Refusal targets with one of several openers, picked by row id.
+
+    Greedy decoding takes the single likeliest first token. One shared refusal opener
+    collects all the refusal mass on one token, while ordinary answers spread theirs over
+    many, so the opener wins even where refusing is the less likely choice overall.
+    """
+    out = []
+    for r in rows:
+        text = r["messages"][-1]["content"]
+        if r.get("set") == "red_team" and text.startswith("I can't help with "):
+            opener = OPENERS[int(hashlib.sha256(r["id"].encode()).hexdigest(), 16) % len(OPENERS)]
+            text = opener + text[len("I can't help with "):]
+            r = {**r, "messages": r["messages"][:-1] + [{"role": "assistant", "content": text}]}
+        out.append(r)
+    return out
+
+
+def split_validation(n: int, seed: int = 1234) -> tuple[list, list]:
+    """(red-team, helpful) validation records: a seeded slice of each training file."""
+    from cai.data import load_prompts
+
+    out = []
+    for name in ("red_team", "helpful"):
+        recs = load_prompts(ROOT / "examples" / "prompts" / f"{name}.jsonl")
+        random.Random(seed).shuffle(recs)
+        out.append(recs[:n])
+    return out[0], out[1]
+
+
+def weighted(rows: list[dict[str, Any]], weights: dict[str, float], seed: int = 0) -> list[dict[str, Any]]:
+    """Rows repeated (or subsampled, for a weight < 1) by set, look-unsafe counted twice with look: 2."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        w = weights.get("red", 1.0) if r.get("set") == "red_team" else weights.get("helpful", 1.0)
+        if r.get("set") != "red_team" and r.get("look_unsafe"):
+            w *= weights.get("look", 1.0)
+        whole, frac = int(w), w - int(w)
+        out += [r] * (whole + (1 if rng.random() < frac else 0))
+    rng.shuffle(out)
+    return out
+
+
+def write_dir(path: Path, kind: str, rows: list[dict[str, Any]], tag: dict[str, Any]) -> Path:
+    from cai.data import DatasetWriter
+
+    w = DatasetWriter(path, kind=kind, overwrite=True, fingerprint=tag)
+    w.write([{**r, "id": f"{r['id']}#{i}"} for i, r in enumerate(rows)])
+    w.finalize({"rows": len(rows)}, title=f"tune {kind}")
+    return path
+
+
+def key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def score(model: str, red: list, helpful: list, max_new_tokens: int) -> dict[str, Any]:
+    from cai.backends import make_backend
+    from cai.backends.base import SamplingParams
+    from cai.evaluation.outcome import outcome_figures
+    from cai.evaluation.runner import generate_for_sets
+
+    backend = make_backend(model, batch_size=64, progress=False)
+    responses = generate_for_sets(backend, {"red_team": red, "benign": helpful},
+                                  SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+    figs = outcome_figures(red, helpful, responses)
+    figs["samples"] = {r.id: responses[r.id] for r in helpful[:8]}
+    return figs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("distill_dir")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "tune"))
+    ap.add_argument("--variants", default="base")
+    ap.add_argument("--validation", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--policy", default="smollm2-135m")
+    args = ap.parse_args()
+
+    from cai.constitution import load_constitution
+    from cai.data import read_rows
+    from cai.stages.contrastive import contrastive_pairs
+    from cai.training import train_dpo, train_sft
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    red_val, helpful_val = split_validation(args.validation)
+    held = {r.text for r in red_val + helpful_val}
+    rows = [r for r in read_rows(args.distill_dir) if r["source_prompt"] not in held]
+    constitution = load_constitution("harmless")
+    results_path = out / "results.jsonl"
+    done = {json.loads(l)["variant"] for l in results_path.open()} if results_path.exists() else set()
+    if "base-model" not in done:
+        figs = score(args.policy, red_val, helpful_val, args.max_new_tokens)
+        with results_path.open("a") as f:
+            f.write(json.dumps({"variant": "base-model", **figs}) + "\n")
+    for name in args.variants.split(","):
+        if name in done:
+            continue
+        v = VARIANTS[name]
+        sft_cfg = {**SFT, **v.get("sft", {})}
+        weights = v.get("weights", {})
+        skey = key([sft_cfg, weights] + (["openers"] if v.get("openers") else []) + ([v["lora"]] if "lora" in v else []))
+        sft_dir = out / f"sft-{skey}"
+        t0 = time.time()
+        if not (sft_dir / "model.safetensors").exists():
+            use = vary_openers(rows) if v.get("openers") else rows
+            data = write_dir(out / f"data-{skey}", "sft", weighted(use, weights), {"tune": skey})
+            train_sft(data, args.policy, sft_dir, config=sft_cfg, lora=v.get("lora", False))
+        model = sft_dir
+        if "dpo" in v:
+            dpo_cfg = {**DPO, **v["dpo"]}
+            pairs, _, _ = contrastive_pairs(vary_openers(rows) if v.get("openers") else rows, constitution)
+            dkey = key([skey, dpo_cfg])
+            pref = write_dir(out / f"pairs-{skey}", "preference", weighted(pairs, weights), {"tune": skey})
+            model = out / f"dpo-{dkey}"
+            if not (model / "model.safetensors").exists():
+                train_dpo(pref, str(sft_dir), model, config=dpo_cfg)
+        train_s = time.time() - t0
+        figs = score(str(model), red_val, helpful_val, args.max_new_tokens)
+        rec = {"variant": name, "train_seconds": round(train_s, 1), "sft": sft_cfg, "weights": weights,
+               "dpo": v.get("dpo"), **figs}
+        with results_path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{name}: harmful {figs['red_team_refusal']['rate']} benign {figs['benign_refusal']['rate']} "
+              f"look {figs['benign_look_unsafe_refusal']['rate']} d2 {figs['benign_distinct_2']} "
+              f"({train_s:.0f} s training)", flush=True)
+    print_table(results_path)
+
+
+def print_table(path: Path) -> None:
+    def fmt(r: dict) -> str:
+        return f"{r['rate']:.3f} [{r['low']:.2f},{r['high']:.2f}]" if r["rate"] is not None else "n/a"
+
+    print(f"\n{'variant':<22} {'refuses harmful':<22} {'refuses benign':<22} {'look-unsafe':<22} distinct-2")
+    for line in path.open():
+        r = json.loads(line)
+        print(f"{r['variant']:<22} {fmt(r['red_team_refusal']):<22} {fmt(r['benign_refusal']):<22} "
+              f"{fmt(r['benign_look_unsafe_refusal']):<22} {r['benign_distinct_2']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
