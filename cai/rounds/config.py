@@ -77,7 +77,7 @@ class RunConfigBase(_Strict):
                 if dep not in v[:i]:
                     raise ValueError(f"stage {name!r} reads {dep!r}, which must come before it in the pipeline")
             if known[name].reads_new_policy and not any(known[s].produces_policy for s in v[:i]):
-                raise ValueError(f"stage {name!r} evaluates the round's new policy; put a training stage before it")
+                raise ValueError(f"stage {name!r} reads the round's new policy; put a training stage before it")
         return v
 
     def section(self, stage: str) -> BaseModel:

@@ -1,0 +1,84 @@
+"""``rehearsal``: a short, gentle SFT pass of the round's newest policy on the helpful rows alone.
+
+Why it exists (issue 15's measurements): after SFT on the distilled rows the 135M policy
+refuses its *training* helpful prompts rarely (0.11) but unseen ordinary ones often (0.34):
+the refusal generalises more broadly than the answers do. A few steps on the helpful
+rows alone, at a low learning rate, lower the refusal everywhere, most where the model
+was least sure, so harmful prompts stay refused more often than ordinary ones. It is one
+knob (steps x learning rate) that trades harmlessness for helpfulness: choose it on the
+validation slice (``prompts.validation``), never on the eval sets. Too much of it undoes
+the round (10 steps at 5e-5 took validation red-team refusal from 0.92 to 0.08).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from cai.errors import UserInputError
+from cai.rounds.context import StageContext
+from cai.rounds.spec import RoundStage, register_stage
+from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
+
+DATA_STAGES = ("distill", "helpful")
+#: Small on purpose: see the module docstring; fields given in the section override these.
+DEFAULTS = {"max_steps": 10, "learning_rate": 1.0e-5, "lr_scheduler_type": "constant",
+            "per_device_train_batch_size": 8, "max_length": 192}
+
+
+class RehearsalSection(TrainSection):
+    data: Literal["auto", "distill", "helpful"] = Field(
+        "auto", description="Where the helpful rows come from: distill (its helpful-set rows) or the helpful "
+                            "stage; auto: whichever comes first in the pipeline.")
+
+
+def data_stage(cfg: Any) -> str:
+    want = cfg.stages.rehearsal.data
+    i = cfg.pipeline.index("rehearsal")
+    present = [s for s in DATA_STAGES if s in cfg.pipeline[:i]]
+    if want != "auto":
+        return want if want in present else ""
+    return present[0] if present else ""
+
+
+def check(cfg: Any, source: str) -> None:
+    check_trainer("sft", "rehearsal")(cfg, source)
+    if not data_stage(cfg):
+        raise UserInputError(f"{source}: stages.rehearsal trains on the helpful rows of {' or '.join(DATA_STAGES)}; "
+                             "put that stage before rehearsal in the pipeline (or fix stages.rehearsal.data)")
+
+
+def helpful_rows(ctx: StageContext, stage: str) -> list[dict[str, Any]]:
+    from cai.data import read_rows
+
+    rows = read_rows(ctx.input_dir(stage))
+    # distill rows carry their prompt set; the helpful stage's rows are all helpful.
+    return [r for r in rows if r.get("set") == "helpful"] if stage == "distill" else rows
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from cai.data import DatasetWriter
+    from cai.training import train_sft
+
+    stage = data_stage(ctx.cfg)
+    rows = helpful_rows(ctx, stage)
+    if not rows:
+        raise UserInputError(f"{ctx.input_dir(stage)}: no helpful rows to rehearse on; see its failures")
+    start = str(ctx.input_dir(ctx.new_policy_stage)) if ctx.new_policy_stage else ctx.policy
+    # The rows it trained on sit in the model directory's hidden .cai/, beside nothing of the user's.
+    data = ctx.out / ".cai" / "rows"
+    writer = DatasetWriter(data, kind="sft", overwrite=True, fingerprint={"stage": "rehearsal", "from": stage})
+    writer.write([{"id": r["id"], "messages": r["messages"],
+                   "source_prompt": r.get("source_prompt", r.get("prompt"))} for r in rows])
+    writer.finalize({"rows": len(rows)}, title=f"cai round {ctx.k} rehearsal rows")
+    s = ctx.section
+    res = train_sft(data, start, ctx.out, config={**DEFAULTS, **s.config}, lora=s.lora)
+    return {**train_summary(res.summary), "data": stage, "rows": len(rows), "from": ctx.new_policy_stage or "round policy"}
+
+
+STAGE = register_stage(RoundStage(
+    name="rehearsal", run=run, config=RehearsalSection, optional_inputs=DATA_STAGES, reads_new_policy=True,
+    restart=True, produces_policy=True, uses=("seed",), check=check,
+    description="A few low-LR SFT steps of the newest policy on helpful rows alone (trades refusal for helpfulness).",
+))
