@@ -91,3 +91,21 @@ def test_the_override_keeps_fp32(tiny_model_dir, monkeypatch):
     monkeypatch.setenv(hw.CPU_DTYPE_ENV, "float32")
     b = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", progress=False)
     assert b.describe()["dtype"] == "float32" and b.describe()["dtype_choice"] == "auto: CAI_CPU_DTYPE=float32"
+
+
+def test_a_dataset_begun_in_one_dtype_is_not_finished_in_another(tmp_path, tiny_model_dir):
+    """dtype=auto means bf16 here and fp32 elsewhere: the precision is part of a stage's fingerprint."""
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hello there\nName a colour\n")
+    base = ["generate", "responses", "-p", str(prompts), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
+            "--max-new-tokens", "2"]
+    first = CliRunner().invoke(cli, [*base, "--dtype", "float32", "--limit", "1"])
+    assert first.exit_code == 0, first.output
+    other = CliRunner().invoke(cli, [*base, "--dtype", "bfloat16"])
+    assert other.exit_code == 2 and "dtype" in other.output, other.output
+    same = CliRunner().invoke(cli, [*base, "--dtype", "float32"])  # the same precision resumes
+    assert same.exit_code == 0, same.output

@@ -153,9 +153,17 @@ def stage_fingerprint(
 ) -> dict[str, Any]:
     """A dataset stage's `DatasetJob.fingerprint`: the stage, the model that writes its rows, the digests
     of the templates it renders, and its own ``settings``. Every one of them decides the rows, so a
-    directory written under another fingerprint is not resumed (`DatasetWriter` refuses it)."""
+    directory written under another fingerprint is not resumed (`DatasetWriter` refuses it).
+
+    The dtype the backend computes in is part of it: ``dtype: auto`` is bf16 on a CPU with
+    native bf16 and fp32 elsewhere, and their greedy texts differ, so a directory begun on one
+    machine is not silently finished in another precision on the next."""
+    from cai.backends.base import provenance
+
+    info = provenance(policy)
+    dtype = info.get("dtype_used") or info.get("dtype")
     return {"stage": stage, "policy": policy.model_id, "templates": templates.digests(template_names),
-            **settings}
+            **({"dtype": str(dtype)} if dtype else {}), **settings}
 
 
 def check_same_prompts(writer: DatasetWriter, records: Sequence[PromptRecord]) -> None:
