@@ -302,24 +302,25 @@ def _engine_args_from_env() -> dict[str, Any]:
     return args
 
 
-def _engine_dtype(llm: Any) -> str | None:
-    for path in (("llm_engine", "model_config", "dtype"), ("model_config", "dtype")):
+def _model_config(llm: Any, name: str) -> Any:
+    """A field of the engine's model config, wherever this vLLM version keeps it (None if absent)."""
+    for path in (("llm_engine", "model_config", name), ("model_config", name)):
         obj = llm
         for attr in path:
             obj = getattr(obj, attr, None)
         if obj is not None:
-            return str(obj).removeprefix("torch.")
+            return obj
     return None
+
+
+def _engine_dtype(llm: Any) -> str | None:
+    used = _model_config(llm, "dtype")
+    return str(used).removeprefix("torch.") if used is not None else None
 
 
 def _max_model_len(llm: Any) -> int | None:
-    for path in (("llm_engine", "model_config", "max_model_len"), ("model_config", "max_model_len")):
-        obj = llm
-        for attr in path:
-            obj = getattr(obj, attr, None)
-        if isinstance(obj, int):
-            return obj
-    return None
+    n = _model_config(llm, "max_model_len")
+    return n if isinstance(n, int) else None
 
 
 __all__ = ["VLLMBackend"]

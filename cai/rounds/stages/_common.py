@@ -27,6 +27,30 @@ def check_trainer(trainer: str | Callable[[Any], str], key: str) -> Callable[[An
     return check
 
 
+def data_stage(cfg: Any, stage: str, candidates: tuple[str, ...]) -> str:
+    """The stage whose rows ``stage`` trains on: its section's ``data`` if that stage comes before it,
+    else (``auto``) the first of ``candidates`` that does; "" when none does."""
+    want = getattr(cfg.stages, stage.replace("-", "_")).data
+    present = [s for s in candidates if s in cfg.pipeline[: cfg.pipeline.index(stage)]]
+    if want != "auto":
+        return want if want in present else ""
+    return present[0] if present else ""
+
+
+def check_data_trainer(stage: str, trainer: str, candidates: tuple[str, ...], what: str) -> Callable[[Any, str], None]:
+    """A stage check: its TRL fields, and a stage it can train on (``what`` of ``candidates``) before it."""
+
+    def check(cfg: Any, source: str) -> None:
+        check_trainer(trainer, stage)(cfg, source)
+        if not data_stage(cfg, stage, candidates):
+            from cai.errors import UserInputError
+
+            raise UserInputError(f"{source}: stages.{stage} trains on {what} of {' or '.join(candidates)}; put that "
+                                 f"stage before {stage} in the pipeline (or fix stages.{stage}.data)")
+
+    return check
+
+
 def counts(result: dict[str, Any]) -> dict[str, Any]:
     return {"counts": result.get("counts", {}), **{k: v for k, v in result.get("summary", {}).items()
                                                    if k in ("new_rows", "new_failed", "completion_tokens_per_s")}}

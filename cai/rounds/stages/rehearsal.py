@@ -19,7 +19,7 @@ from pydantic import Field
 from cai.errors import UserInputError
 from cai.rounds.context import StageContext
 from cai.rounds.spec import RoundStage, register_stage
-from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
+from cai.rounds.stages._common import TrainSection, check_data_trainer, data_stage, train_summary
 
 DATA_STAGES = ("distill", "helpful")
 #: Small on purpose: see the module docstring; fields given in the section override these.
@@ -31,22 +31,6 @@ class RehearsalSection(TrainSection):
     data: Literal["auto", "distill", "helpful"] = Field(
         "auto", description="Where the helpful rows come from: distill (its helpful-set rows) or the helpful "
                             "stage; auto: whichever comes first in the pipeline.")
-
-
-def data_stage(cfg: Any) -> str:
-    want = cfg.stages.rehearsal.data
-    i = cfg.pipeline.index("rehearsal")
-    present = [s for s in DATA_STAGES if s in cfg.pipeline[:i]]
-    if want != "auto":
-        return want if want in present else ""
-    return present[0] if present else ""
-
-
-def check(cfg: Any, source: str) -> None:
-    check_trainer("sft", "rehearsal")(cfg, source)
-    if not data_stage(cfg):
-        raise UserInputError(f"{source}: stages.rehearsal trains on the helpful rows of {' or '.join(DATA_STAGES)}; "
-                             "put that stage before rehearsal in the pipeline (or fix stages.rehearsal.data)")
 
 
 def helpful_rows(ctx: StageContext, stage: str) -> list[dict[str, Any]]:
@@ -61,7 +45,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from cai.data import DatasetWriter
     from cai.training import train_sft
 
-    stage = data_stage(ctx.cfg)
+    stage = data_stage(ctx.cfg, "rehearsal", DATA_STAGES)
     rows = helpful_rows(ctx, stage)
     if not rows:
         raise UserInputError(f"{ctx.input_dir(stage)}: no helpful rows to rehearse on; see its failures")
@@ -79,6 +63,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = register_stage(RoundStage(
     name="rehearsal", run=run, config=RehearsalSection, optional_inputs=DATA_STAGES, reads_new_policy=True,
-    restart=True, produces_policy=True, uses=("seed",), check=check,
+    restart=True, produces_policy=True, uses=("seed",),
+    check=check_data_trainer("rehearsal", "sft", DATA_STAGES, "the helpful rows"),
     description="A few low-LR SFT steps of the newest policy on helpful rows alone (trades refusal for helpfulness).",
 ))
