@@ -111,3 +111,15 @@ def test_trl_bars_off_when_not_on_a_terminal(monkeypatch):
 
     monkeypatch.delenv("CAI_NO_PROGRESS", raising=False)
     assert cpu_friendly_defaults()["disable_tqdm"] is True
+
+
+def test_eval_says_whose_answers_each_generate_line_counts(tmp_path, tiny_model_dir):
+    r = subprocess.run([sys.executable, "-m", "cai.cli.main", "eval", "harmlessness", "-m", str(tiny_model_dir),
+                        "--red-team", str(ROOT / "examples/prompts/red_team.jsonl"), "--limit", "2",
+                        "--max-new-tokens", "2", "--device", "cpu"],
+                       env=_log_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _readable(r.stderr)
+    lines = r.stderr.splitlines()
+    named = [i for i, line in enumerate(lines) if line.startswith("eval: answers of ")]
+    assert named and any(lines[j].startswith("generate: ") for j in range(named[0] + 1, len(lines))), r.stderr

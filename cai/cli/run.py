@@ -32,11 +32,12 @@ def run(config: str, rounds: int | None, out: str | None, resume: bool, force: t
     run_rounds(cfg, run_dir, rounds=rounds, resume=resume, force=force, echo=click.echo)
     click.echo(f"run complete: {run_dir}")
     if report:
-        from cai.report import write_report
+        from cai.report import REPORT_JSON, write_report
 
         md, html = write_report(run_dir)
         click.echo(f"report: {html}")
         click.echo(f"        {md}")
+        click.echo(f"        {md.parent / REPORT_JSON}")
 
 
 @click.command("status")
@@ -70,7 +71,9 @@ def report(run_dir: str, open_: bool) -> None:
     """
     from cai.report import open_report, write_report
 
+    from cai.report import REPORT_JSON
+
     md, html = write_report(run_dir)
-    click.echo(f"report: {html}\n        {md}")
+    click.echo(f"report: {html}\n        {md}\n        {md.parent / REPORT_JSON}")
     if open_:
         click.echo(f"opening {open_report(html)}")

@@ -33,6 +33,7 @@ from cai.constitution import Constitution
 from cai.data import PromptRecord, load_prompts
 from cai.errors import DataError, UserInputError
 from cai.evaluation.metrics import RefusalRate, WinRate, refusal_rate, win_rate
+from cai.progress import echo_line, progress_enabled
 from cai.refusal import RefusalDetector
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,10 @@ def evaluate_models(
     gen_constitution = constitution if config.use_system_prompt else None
     responses: dict[str, dict[str, str]] = {}
     for name in names:
-        log.info("generating responses of %s to %d prompts", name, len({r.id for s in sets.values() for r in s}))
+        n_prompts = len({r.id for s in sets.values() for r in s})
+        log.info("generating responses of %s to %d prompts", name, n_prompts)
+        if progress_enabled(getattr(backends[name], "progress", False)):  # say whose answers the next line counts
+            echo_line(f"eval: answers of {name} to {n_prompts} prompts")
         responses[name] = generate_for_sets(backends[name], sets, config.sampling(), constitution=gen_constitution,
                                             templates=templates)
 
