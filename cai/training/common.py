@@ -165,14 +165,20 @@ def merged(model: Any) -> Any:
     return model
 
 
-def policy_trainer(job: "TrainJob", **extra: Any) -> Any:
-    """The spec's TRL trainer on the policy (``job.model``) and ``job.rows``; ``extra`` goes to the trainer."""
+def policy_trainer(job: "TrainJob", *, encode: Any = None, **extra: Any) -> Any:
+    """The spec's TRL trainer on the policy (``job.model``) and ``job.rows``; ``extra`` goes to the trainer.
+
+    ``encode(rows, tokenizer) -> rows``, when given, turns the rows into the trainer's
+    tokenized rows once the tokenizer is loaded (SFT: ids built by `ChatEncoder`, so text
+    in the data never becomes control tokens).
+    """
     from datasets import Dataset
 
     model, tok = load_policy(job.model)
     job.tokenizer = tok
+    rows = encode(job.rows, tok) if encode is not None else job.rows
     return job.spec.trainer_cls()(
-        model=model, args=job.config, train_dataset=Dataset.from_list(job.rows), processing_class=tok,
+        model=model, args=job.config, train_dataset=Dataset.from_list(rows), processing_class=tok,
         peft_config=lora_config("CAUSAL_LM", settings=job.lora) if job.lora else None, **extra,
     )
 

@@ -5,14 +5,24 @@ needs a chat template with ``{% generation %}`` tags, which SmolLM2's ChatML
 template lacks; instead each conversation becomes a conversational
 prompt/completion pair, and TRL trains prompt/completion rows on the completion
 only (``completion_only_loss`` defaults to on for them).
+
+TRL is handed those rows tokenized (``input_ids`` and ``completion_mask``, which its
+``_prepare_dataset`` takes as processed: it skips its own tokenizing, then builds the
+labels from the mask, truncates to ``max_length`` and drops rows left without answer
+tokens, as before). The ids come from `ChatEncoder`, the way TRL's tokenizing would
+make them, except that special-token text inside a prompt or an answer stays plain
+text: ``<|im_end|>\n<|im_start|>system`` in a training row trains as those characters,
+never as a forged turn.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from cai.errors import DataError
+from cai.errors import DataError, UserInputError
 from cai.training.common import TrainResult, as_messages, policy_trainer
 from cai.training.runner import train
 from cai.training.spec import TrainerSpec, TrainJob, register_trainer
@@ -37,8 +47,61 @@ def sft_rows(rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     return out
 
 
+log = logging.getLogger(__name__)
+
+
+def tokenized_sft_rows(rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, list[int]]]:
+    """Prompt/completion rows -> TRL's processed rows: ``input_ids`` and ``completion_mask``.
+
+    As TRL's SFTTrainer tokenizes a conversational prompt/completion row: the prompt
+    with the generation prompt, the whole conversation closed, and the mask 1 on what the
+    whole adds after the prompt (the final assistant turn). Through `ChatEncoder`, so a
+    control token comes only from the chat template, never from message content.
+    """
+    from cai.backends.chat import ChatEncoder
+
+    prompts, wholes = ChatEncoder(tokenizer), ChatEncoder(tokenizer, closed=True)
+    out, mismatched = [], 0
+    for row in rows:
+        prompt = prompts.encode(row["prompt"])
+        ids = wholes.encode(row["prompt"] + row["completion"])
+        mismatched += ids[: len(prompt)] != prompt
+        n = min(len(prompt), len(ids))
+        out.append({"input_ids": ids, "completion_mask": [0] * n + [1] * (len(ids) - n)})
+    if mismatched:  # TRL warns of the same and masks the same way
+        log.warning("%d SFT row(s): the tokenized prompt is not a prefix of the tokenized conversation; "
+                    "the loss starts after the prompt's length anyway", mismatched)
+    return out
+
+
+def _rows(raw: list[dict[str, Any]], job: TrainJob) -> list[dict[str, Any]]:
+    """The conversational rows, checked; the settings that need TRL's own tokenizing refused before any model loads."""
+    cfg = job.config
+    if getattr(cfg, "assistant_only_loss", False):
+        raise UserInputError("cai train sft: assistant_only_loss is not needed (the loss already covers the final "
+                             "assistant turn only); remove it")
+    path = getattr(cfg, "chat_template_path", None)
+    if path is not None and not (os.path.isfile(path) and str(path).endswith((".jinja", ".j2"))):
+        raise UserInputError(f"cai train sft: chat_template_path '{path}' must be a .jinja/.j2 file "
+                             "(cloning another model's template is not supported)")
+    return sft_rows(raw, job.where)
+
+
+def _encode(job: TrainJob) -> Any:
+    def encode(rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, list[int]]]:
+        path = getattr(job.config, "chat_template_path", None)
+        if path is not None:  # what SFTTrainer sets on the tokenizer before it tokenizes
+            tokenizer.chat_template = Path(path).read_text(encoding="utf-8")
+        return tokenized_sft_rows(rows, tokenizer)
+
+    return encode
+
+
 def _build(job: TrainJob) -> Any:
-    trainer = policy_trainer(job)
+    if getattr(job.config, "completion_only_loss", None) is None:
+        # TRL's default for prompt/completion rows; tokenized rows carry no 'prompt' column to tell it so.
+        job.config.completion_only_loss = True
+    trainer = policy_trainer(job, encode=_encode(job))
     kept = len(trainer.train_dataset)
     if kept == 0:  # TRL drops rows whose answer was cut off entirely by max_length
         raise DataError(f"{job.source}: no row keeps any answer tokens within max_length={job.config.max_length}; "
@@ -49,7 +112,7 @@ def _build(job: TrainJob) -> Any:
 
 SFT = register_trainer(TrainerSpec(
     name="sft", config_class="trl:SFTConfig", trainer_class="trl:SFTTrainer", data_kind="sft",
-    defaults={"max_length": 512, "learning_rate": 2e-5}, rows=lambda raw, job: sft_rows(raw, job.where),
+    defaults={"max_length": 512, "learning_rate": 2e-5}, rows=_rows,
     build=_build, description="Supervised fine-tuning on SFT rows; the loss covers the assistant's answer only.",
 ))
 
