@@ -22,7 +22,6 @@ principles × orders (plus one ``generate`` call in CoT mode).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ OPTIONS = ("A", "B")
 _SCORE_RESERVE = 8
 _TRUNCATION_MARK = " [...]"
 
+from cai.judge_rewards import group_rewards, reference_texts
 from cai.judgement import Judgement, PromptLike, _last_user_text, as_conversation, completion_text  # noqa: F401
 
 
@@ -337,7 +337,7 @@ class ConstitutionJudge:
 
     def reward_func(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         """TRL ``reward_funcs`` signature; group mode (see ``as_reward_func``)."""
-        return self._group_rewards(prompts, completions)
+        return group_rewards(self.compare, prompts, completions)
 
     def as_reward_func(
         self,
@@ -359,56 +359,15 @@ class ConstitutionJudge:
         """
         if reference_completions is None and reference_column is None:
             def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-                return self._group_rewards(prompts, completions)
+                return group_rewards(self.compare, prompts, completions)
         else:
             def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-                refs = self._references(prompts, reference_completions, reference_column, kwargs)
+                refs = reference_texts(prompts, reference_completions, reference_column, kwargs)
                 texts = [completion_text(c) for c in completions]
                 return [j.p_a if not j.skipped else 0.5 for j in self.compare(list(prompts), texts, refs)]
         reward.__name__ = name  # TRL logs rewards under the function's name
         reward.__qualname__ = name
         return reward
-
-    def _references(
-        self,
-        prompts: Sequence[Any],
-        mapping: Mapping[str, str] | None,
-        column: str | None,
-        kwargs: Mapping[str, Any],
-    ) -> list[str]:
-        if column is not None:
-            if column not in kwargs:
-                raise UserInputError(
-                    f"reference column '{column}' is not among the dataset columns passed to the reward "
-                    f"function ({', '.join(sorted(kwargs)) or 'none'}); add it to the dataset"
-                )
-            return [completion_text(r) for r in kwargs[column]]
-        refs = []
-        for p in prompts:
-            key = _last_user_text(as_conversation(p))
-            if mapping is None or key not in mapping:
-                raise UserInputError(f"no reference completion for prompt {key[:60]!r}; add it to the mapping")
-            refs.append(mapping[key])
-        return refs
-
-    def _group_rewards(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
-        if len(prompts) != len(completions):
-            raise UserInputError(f"{len(prompts)} prompts but {len(completions)} completions")
-        texts = [completion_text(c) for c in completions]
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(json.dumps(as_conversation(p), sort_keys=True), []).append(i)
-        pairs = [(g[x], g[y]) for g in groups.values() for x in range(len(g)) for y in range(x + 1, len(g))]
-        totals = [0.0] * len(texts)
-        if pairs:
-            verdicts = self.compare([prompts[i] for i, _ in pairs], [texts[i] for i, _ in pairs],
-                                    [texts[j] for _, j in pairs])
-            for (i, j), v in zip(pairs, verdicts):
-                p = 0.5 if v.skipped else v.p_a
-                totals[i] += p
-                totals[j] += 1.0 - p
-        sizes = {i: len(g) for g in groups.values() for i in g}
-        return [totals[i] / (sizes[i] - 1) if sizes[i] > 1 else 0.5 for i in range(len(texts))]
 
 
 def _cut(text: str, keep: float) -> str:

@@ -8,6 +8,9 @@ writes each new token into it, and it still supports dropping finished rows.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from transformers.cache_utils import DynamicLayer
 
 
@@ -115,3 +118,16 @@ def growing_cache(config, expect: int = 0):
     if all(type(layer) is DynamicLayer for layer in cache.layers):
         cache.layers = [GrowingLayer(expect) for _ in cache.layers]
     return cache
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward() argument that takes a KV cache: ``cache`` since transformers 5.x, ``past_key_values`` before.
+
+    Passing the old name to a newer model warns (FutureWarning) on every call of the
+    decode loop, so ask the model's own signature which name it takes.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"

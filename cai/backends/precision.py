@@ -82,4 +82,20 @@ def precise_logits(model: Any) -> Iterator[None]:
             h.precise = False
 
 
-__all__ = ["PreciseHeadBase", "precise_logits", "use_bf16_with_fp32_logits"]
+__all__ = ["PreciseHeadBase", "choose_dtype", "precise_logits", "use_bf16_with_fp32_logits"]
+
+
+def choose_dtype(device: str, dtype: str | None) -> tuple[str | None, str]:
+    """The dtype a backend loads its model in, and why (``describe()["dtype_choice"]``).
+
+    ``auto`` (or None) on a CPU is bfloat16 where the CPU computes it natively, float32
+    elsewhere (cai.hardware.auto_cpu_dtype; ``CAI_CPU_DTYPE`` overrides it); on other
+    devices it is left to ``cai.models.pick_dtype`` (bf16 on a GPU that has it).
+    """
+    if dtype and dtype != "auto":
+        return dtype, "given"
+    if device == "cpu":
+        from cai.hardware import auto_cpu_dtype
+
+        return auto_cpu_dtype()
+    return None, f"auto: the {device} default"

@@ -6,21 +6,18 @@ little compute on padding; results come back in input order.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Sequence
 
 from cai.backends.base import (
-    ChoiceScores,
-    Conversation,
-    Generation,
-    SamplingParams,
-    common_prefix_len,
-    normalise_choices,
+    ChoiceScores, Conversation, Generation, SamplingParams, common_prefix_len, normalise_choices,
 )
 from cai.backends.chat import FALLBACK_CHAT_TEMPLATE, ChatEncoder, RenderedChat  # noqa: F401 (re-exported)
 from cai.backends.onednn import use_onednn_linears
-from cai.backends.precision import PreciseHeadBase, precise_logits, use_bf16_with_fp32_logits
+from cai.backends.kv_cache import cache_keyword
+from cai.backends.precision import (  # noqa: F401 (choose_dtype re-exported)
+    PreciseHeadBase, choose_dtype, precise_logits, use_bf16_with_fp32_logits,
+)
 from cai.backends.prefix import Stage, plan_prefill, split_by_width
 from cai.backends.sampling import _positions, keep_freed_memory, sample_next  # noqa: F401 (sample_next re-exported)
 from cai.errors import UserInputError
@@ -31,35 +28,6 @@ log = logging.getLogger(__name__)
 
 #: What one more prefill pass costs, in padded tokens (see prefix.split_by_width).
 CHUNK_OVERHEAD = 64
-
-
-def choose_dtype(device: str, dtype: str | None) -> tuple[str | None, str]:
-    """The dtype a backend loads its model in, and why (``describe()["dtype_choice"]``).
-
-    ``auto`` (or None) on a CPU is bfloat16 where the CPU computes it natively, float32
-    elsewhere (cai.hardware.auto_cpu_dtype; ``CAI_CPU_DTYPE`` overrides it); on other
-    devices it is left to ``cai.models.pick_dtype`` (bf16 on a GPU that has it).
-    """
-    if dtype and dtype != "auto":
-        return dtype, "given"
-    if device == "cpu":
-        from cai.hardware import auto_cpu_dtype
-
-        return auto_cpu_dtype()
-    return None, f"auto: the {device} default"
-
-
-def cache_keyword(model: Any) -> str:
-    """The forward() argument that takes a KV cache: ``cache`` since transformers 5.x, ``past_key_values`` before.
-
-    Passing the old name to a newer model warns (FutureWarning) on every call of the
-    decode loop, so ask the model's own signature which name it takes.
-    """
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError, AttributeError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
 
 
 class TransformersBackend:
@@ -427,6 +395,3 @@ class TransformersBackend:
                 mask[row, width - len(s) :] = 1
         dev = self.model.device
         return ids.to(dev), mask.to(dev)
-
-
-# --- chat rendering that keeps content out of the control tokens --------------------------
