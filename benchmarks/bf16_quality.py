@@ -37,20 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REFUSAL = "I can't help with that."
 
 
-def first_divergence(a: list[int], b: list[int]) -> int:
-    """Index of the first token where two sequences differ (the shorter length if one is a prefix)."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def compare_text(backend: Any, a: list[str], b: list[str]) -> dict[str, Any]:
     """Identical rows, and for the rest the first differing token (median, min)."""
+    from cai.backends.base import common_prefix_len
+
     same = sum(x == y for x, y in zip(a, b))
-    splits = sorted(first_divergence(backend._encode(x), backend._encode(y)) for x, y in zip(a, b) if x != y)
+    splits = sorted(common_prefix_len(backend._encode(x), backend._encode(y)) for x, y in zip(a, b) if x != y)
     return {
         "rows": len(a),
         "identical_greedy_text": same,
