@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,3 +38,12 @@ def install_entry_point_plugin(site: Path, monkeypatch: pytest.MonkeyPatch, *, p
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
     monkeypatch.syspath_prepend(str(site))
+
+
+def find_chromium() -> str | None:
+    """A headless Chromium: ``$CAI_CHROMIUM``, else the first of the usual names on PATH (None if absent)."""
+    for c in (os.environ.get("CAI_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        path = c and (c if os.path.isabs(c) else shutil.which(c))
+        if path and os.path.exists(path):
+            return path
+    return None

@@ -11,26 +11,18 @@ import html
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from test_report import assert_no_raw_markdown
+from helpers import find_chromium
 from test_report_fixtures import make_new_pipeline_run, make_old_chain_run
 
 from cai.report import write_report
 
 
-def _chromium() -> str | None:
-    for c in (os.environ.get("CAI_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        path = c and (c if os.path.isabs(c) else shutil.which(c))
-        if path and os.path.exists(path):
-            return path
-    return None
-
-
-CHROMIUM = _chromium()
+CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (make report-check)")
 
 # Runs in the page once everything has loaded; leaves its findings as JSON in <pre id="__check">.

@@ -10,7 +10,6 @@ import html
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,19 +17,13 @@ import pytest
 from fakes import ScriptedBackend
 from test_workbench import _edit, prefers_revision, prompts
 
+from helpers import find_chromium
+
 from cai.constitution import load_constitution
 from cai.workbench import diff_document, run_diff, run_matrix, try_document, write
 
 
-def _chromium() -> str | None:
-    for c in (os.environ.get("CAI_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        path = c and (c if os.path.isabs(c) else shutil.which(c))
-        if path and os.path.exists(path):
-            return path
-    return None
-
-
-CHROMIUM = _chromium()
+CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed")
 
 CHECK = """<script>
