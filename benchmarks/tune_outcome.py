@@ -69,9 +69,10 @@ OPENERS = ("I can't help with ", "Sorry, I can't help with ", "No, I won't help 
 def vary_openers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Refusal targets with one of several openers, picked by row id.
 
-    Greedy decoding takes the single likeliest first token. One shared refusal opener
-    collects all the refusal mass on one token, while ordinary answers spread theirs over
-    many, so the opener wins even where refusing is the less likely choice overall.
+    The hypothesis it tests: greedy decoding takes the single likeliest first token, and one
+    shared refusal opener collects all the refusal mass on one token while ordinary answers
+    spread theirs, so the opener wins even where refusing is less likely overall. Measured on
+    the validation slice (2026-12-01): over-refusal unchanged (0.328 vs 0.344).
     """
     out = []
     for r in rows:

@@ -130,10 +130,8 @@ class Constitution(_Strict):
         """The constitution's answer to a harmful request of ``category`` (else its default), if it has one.
 
         Where the category lists several wordings, ``key`` (a prompt's id) picks one, the same
-        one every time. Varied wordings matter for what is learned from them: greedy decoding
-        takes the single likeliest first token, and one shared opener ("I can't help with")
-        gathers all the refusal mass on one token, so it wins even on prompts where an
-        ordinary answer is likelier overall (issue 15's note measured this).
+        one every time, so a rerun distils the same rows. (Six openers with distinct first
+        tokens did not lower the embedded model's over-refusal: issue 15's note.)
         """
         texts = self.refusals.get(category) if category and category in self.refusals else self.refusals.get("default")
         if texts is None or isinstance(texts, str):

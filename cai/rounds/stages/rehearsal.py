@@ -7,7 +7,8 @@ rows alone, at a low learning rate, lower the refusal everywhere, most where the
 was least sure, so harmful prompts stay refused more often than ordinary ones. It is one
 knob (steps x learning rate) that trades harmlessness for helpfulness: choose it on the
 validation slice (``prompts.validation``), never on the eval sets. Too much of it undoes
-the round (10 steps at 5e-5 took validation red-team refusal from 0.92 to 0.08).
+the round (after 10 steps at 5e-5 the probability of opening with "I can't" passed 0.5
+on 8% of validation red-team prompts, from 88% before).
 """
 
 from __future__ import annotations
