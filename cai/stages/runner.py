@@ -161,7 +161,7 @@ def stage_fingerprint(
     from cai.backends.base import provenance
 
     info = provenance(policy)
-    dtype = info.get("dtype_used") or info.get("dtype")
+    dtype = info.get("dtype_used") or info.get("dtype") or info.get("inner_dtype")  # vLLM; transformers; a Ray pool
     return {"stage": stage, "policy": policy.model_id, "templates": templates.digests(template_names),
             **({"dtype": str(dtype)} if dtype else {}), **settings}
 
