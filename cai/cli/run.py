@@ -17,8 +17,9 @@ import click
 def run(config: str, rounds: int | None, out: str | None, resume: bool, force: tuple[str, ...], report: bool) -> None:
     """Run self-improvement rounds from a YAML CONFIG.
 
-    Round k: revisions -> SFT -> preferences -> reward model -> RL -> evaluation.
-    The config is checked (schema, TRL fields, constitution, templates, prompt
+    Each round runs the config's `pipeline:` (default: revisions -> helpful ->
+    sft-data -> sft -> preferences -> reward -> rl -> eval; the quickstart runs
+    distill -> sft -> contrastive -> dpo -> rehearsal -> eval). The config is checked (schema, TRL fields, constitution, templates, prompt
     files) before any model loads.
     """
     from pathlib import Path
