@@ -72,11 +72,17 @@ def canned_server(script: Script):
                 script.requests.append({"body": body, "auth": self.headers.get("Authorization")})
                 script.inflight += 1
                 script.max_inflight = max(script.max_inflight, script.inflight)
+            done = False
             try:
                 status, payload, headers, delay = script.reply(n, body, dict(self.headers))
                 if delay:
                     time.sleep(delay)
                 data = json.dumps(payload).encode()
+                # Out of flight before the client can read the answer: decremented after it, the
+                # client's next request could be counted first (a flaky 4 of 3 in the limit test).
+                with script.lock:
+                    script.inflight -= 1
+                done = True
                 self.send_response(status)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -87,8 +93,9 @@ def canned_server(script: Script):
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client timed out and left
             finally:
-                with script.lock:
-                    script.inflight -= 1
+                if not done:
+                    with script.lock:
+                        script.inflight -= 1
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
