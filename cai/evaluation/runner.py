@@ -54,8 +54,8 @@ class EvalConfig(BaseModel):
     seed: int = 0
     #: Generate with the constitution's system prompt (as `cai generate responses -c` does).
     use_system_prompt: bool = False
-    #: Judge: principles per pair (a number or "all"), both orders, CoT.
-    principles: int | Literal["all"] = 1
+    #: Judge: principles per pair (a number, "all", or a list of principle ids), both orders, CoT.
+    principles: int | Literal["all"] | list[str] = 1
     both_orders: bool = True
     cot: bool = False
     on_overflow: Literal["truncate", "skip"] = "truncate"

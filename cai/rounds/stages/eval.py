@@ -134,8 +134,28 @@ def validation_outcome(ctx: StageContext, models: dict[str, str]) -> dict[str, d
     return out
 
 
+def check(cfg: Any, source: str) -> None:
+    """Principle ids named in ``stages.eval.principles`` exist and can judge, before any model loads."""
+    ids = cfg.section("eval").principles
+    if isinstance(ids, list):
+        from cai.constitution import load_constitution
+        from cai.errors import UserInputError
+
+        c = load_constitution(cfg.constitution)
+        known = {p.id: p for p in c.principles}
+        if not ids:
+            raise UserInputError(f"{source}: stages.eval.principles is an empty list; name principle ids, a number or all")
+        for i in ids:
+            if i not in known:
+                raise UserInputError(f"{source}: stages.eval.principles: unknown principle {i!r}; "
+                                     f"{c.name} has {', '.join(known)}")
+            if not known[i].comparison_question:
+                raise UserInputError(f"{source}: stages.eval.principles: {i!r} has no comparison_question, so it "
+                                     "cannot judge; add one or pick another principle")
+
+
 STAGE = register_stage(RoundStage(
-    name="eval", run=run, config=EvalConfig, reads_policy=True, reads_new_policy=True, restart=True,
+    name="eval", run=run, config=EvalConfig, check=check, reads_policy=True, reads_new_policy=True, restart=True,
     optional_inputs=("reward", "preferences"),
     uses=DEFAULT_USES + ("models.feedback", "constitution"), templates=("initial_response", "preference"),
     description="Evaluate the round's policy on held-out prompts: refusal, over-refusal, win rates.",
