@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SFT = {"max_steps": 60, "per_device_train_batch_size": 8, "learning_rate": 5.0e-5, "max_length": 192,
        "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 5}
+REHEARSAL = {"max_steps": 10, "learning_rate": 1.0e-5, "lr_scheduler_type": "constant",
+             "per_device_train_batch_size": 8, "max_length": 192}
 DPO = {"max_steps": 20, "per_device_train_batch_size": 8, "learning_rate": 5.0e-6, "beta": 0.1, "max_length": 192}
 
 #: name -> (SFT overrides, data weights, DPO overrides or None). Weights repeat rows:
@@ -55,6 +57,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "openers+dpo": {"openers": True, "dpo": {}},
     "steps120-cos": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"}},
     "steps180-cos": {"sft": {"max_steps": 180, "lr_scheduler_type": "cosine"}},
+    # The quickstart's pipeline (sft -> dpo on contrastive pairs -> rehearsal on the helpful rows).
+    "quickstart": {"dpo": {}, "rehearsal": {}},
     "steps120-cos+dpo": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"},
                          "dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
 }
@@ -85,13 +89,19 @@ def vary_openers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+#: The slice is drawn from each file's first rows, as many as it had when the quickstart's settings
+#: were first chosen, so prompts added later train (or not) but never move the validation slice:
+#: figures from before and after a data change compare on the same prompts.
+VALIDATION_POOL = {"red_team": 324, "helpful": 355}
+
+
 def split_validation(n: int, seed: int = 1234) -> tuple[list, list]:
-    """(red-team, helpful) validation records: a seeded slice of each training file."""
+    """(red-team, helpful) validation records: a seeded slice of each training file's original rows."""
     from cai.data import load_prompts
 
     out = []
     for name in ("red_team", "helpful"):
-        recs = load_prompts(ROOT / "examples" / "prompts" / f"{name}.jsonl")
+        recs = load_prompts(ROOT / "examples" / "prompts" / f"{name}.jsonl")[:VALIDATION_POOL[name]]
         random.Random(seed).shuffle(recs)
         out.append(recs[:n])
     return out[0], out[1]
@@ -187,10 +197,20 @@ def main() -> None:
             model = out / f"dpo-{dkey}"
             if not (model / "model.safetensors").exists():
                 train_dpo(pref, str(sft_dir), model, config=dpo_cfg)
+        if "rehearsal" in v:  # as the rehearsal stage: the newest model, a few steps on the helpful rows
+            reh_cfg = {**REHEARSAL, **v["rehearsal"]}
+            rkey = key([str(model), reh_cfg])
+            reh = out / f"rehearsal-{rkey}"
+            if not (reh / "model.safetensors").exists():
+                data = write_dir(out / f"rows-{rkey}", "sft", [r for r in rows if r.get("set") == "helpful"],
+                                 {"tune": rkey})
+                train_sft(data, str(model), reh, config=reh_cfg)
+            model = reh
         train_s = time.time() - t0
         figs = score(str(model), red_val, helpful_val, args.max_new_tokens)
         rec = {"variant": name, "train_seconds": round(train_s, 1), "sft": sft_cfg, "weights": weights,
-               "dpo": v.get("dpo"), **figs}
+               "dpo": v.get("dpo"), "rehearsal": v.get("rehearsal"),
+               "distill_dir": args.distill_dir, **figs}
         with results_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"{name}: harmful {figs['red_team_refusal']['rate']} benign {figs['benign_refusal']['rate']} "
