@@ -24,6 +24,7 @@ from typing import Any
 
 from cai.errors import DataError, UserInputError
 from cai.training.common import TrainResult, as_messages, policy_trainer
+from cai.training.decision import decision_sft_trainer
 from cai.training.runner import train
 from cai.training.spec import TrainerSpec, TrainJob, register_trainer
 
@@ -97,7 +98,25 @@ def _encode(job: TrainJob) -> Any:
     return encode
 
 
+def _check(job: TrainJob) -> None:
+    tokens, weight = job.options["decision_tokens"], job.options["decision_weight"]
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise UserInputError(f"cai train sft: decision_tokens must be a whole number >= 0, got {tokens!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 1:
+        raise UserInputError(f"cai train sft: decision_weight must be a number >= 1, got {weight!r}")
+
+
 def _build(job: TrainJob) -> Any:
+    tokens, weight = job.options["decision_tokens"], job.options["decision_weight"]
+    if tokens and weight != 1 and (getattr(job.config, "packing", False) or getattr(job.config, "padding_free", False)):
+        raise UserInputError("cai train sft: decision_tokens counts each row's first answer tokens, which packing "
+                             "and padding_free run together; turn those off or set decision_tokens: 0")
+    if tokens and weight != 1:
+        # TRL's default chunked_nll loss never materialises the logits the decision term reads.
+        if job.settings.get("loss_type", "nll") != "nll":
+            raise UserInputError(f"cai train sft: decision_tokens needs loss_type: nll (got "
+                                 f"{job.settings['loss_type']!r}); remove loss_type or set decision_tokens: 0")
+        job.config.loss_type = "nll"
     if getattr(job.config, "completion_only_loss", None) is None:
         # TRL's default for prompt/completion rows; tokenized rows carry no 'prompt' column to tell it so.
         job.config.completion_only_loss = True
@@ -107,17 +126,24 @@ def _build(job: TrainJob) -> Any:
         raise DataError(f"{job.source}: no row keeps any answer tokens within max_length={job.config.max_length}; "
                         "raise --max-length")
     job.info["rows_trained"] = kept
+    trainer.decision = (tokens, float(weight))
     return trainer
 
 
+def _summary(trainer: Any, job: TrainJob) -> dict[str, Any]:
+    return {"decision_tokens": job.options["decision_tokens"], "decision_weight": job.options["decision_weight"]}
+
+
 SFT = register_trainer(TrainerSpec(
-    name="sft", config_class="trl:SFTConfig", trainer_class="trl:SFTTrainer", data_kind="sft",
+    name="sft", config_class="trl:SFTConfig", trainer_class=decision_sft_trainer, data_kind="sft",
     defaults={"max_length": 512, "learning_rate": 2e-5}, rows=_rows,
+    options={"decision_tokens": 0, "decision_weight": 1.0}, check=_check, summary=_summary,
     build=_build, description="Supervised fine-tuning on SFT rows; the loss covers the assistant's answer only.",
 ))
 
 
 def train_sft(data_dir: str | Path, model: str, out_dir: str | Path, *, config: dict[str, Any] | None = None,
               config_file: str | Path | None = None, lora: bool = False, **overrides: Any) -> TrainResult:
-    """Fine-tune ``model`` on an SFT dataset directory; ``overrides`` are SFTConfig fields (``max_steps=3``...)."""
+    """Fine-tune ``model`` on an SFT dataset directory; ``overrides`` are SFTConfig fields (``max_steps=3``...)
+    and the options ``decision_tokens``/``decision_weight`` (`cai.training.decision`)."""
     return train(SFT, data_dir, model, out_dir, config=config, config_file=config_file, lora=lora, **overrides)

@@ -16,6 +16,9 @@ DATA_STAGES = ("distill", "sft-data")
 class SFTSection(TrainSection):
     data: Literal["auto", "distill", "sft-data"] = Field(
         "auto", description="The stage whose rows SFT trains on; auto: distill if the pipeline has it, else sft-data.")
+    decision_tokens: int = Field(0, ge=0, description="Weight the loss of each answer's first N tokens (where the "
+                                                      "model opens an answer or a refusal); 0: off.")
+    decision_weight: float = Field(1.0, ge=1.0, description="The weight of those first tokens (1: plain SFT).")
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -23,7 +26,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     s = ctx.section
     data = ctx.input_dir(data_stage(ctx.cfg, "sft", DATA_STAGES))
-    res = train_sft(data, ctx.policy, ctx.out, config=s.config, lora=s.lora)
+    res = train_sft(data, ctx.policy, ctx.out, config=s.config, lora=s.lora,
+                    decision_tokens=s.decision_tokens, decision_weight=s.decision_weight)
     return {**train_summary(res.summary), "data": data.name}
 
 
