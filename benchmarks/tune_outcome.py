@@ -57,8 +57,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "openers+dpo": {"openers": True, "dpo": {}},
     "steps120-cos": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"}},
     "steps180-cos": {"sft": {"max_steps": 180, "lr_scheduler_type": "cosine"}},
-    # The quickstart's pipeline (sft -> dpo on contrastive pairs -> rehearsal on the helpful rows).
+    # The previous quickstart's pipeline (sft -> dpo on contrastive pairs -> rehearsal on the helpful rows).
     "quickstart": {"dpo": {}, "rehearsal": {}},
+    # SFT decision weighting (cai/training/decision.py): the first N answer tokens' loss counted W times.
+    "decision-2x20": {"decision": [2, 20.0]},
+    "decision-2x20+dpo": {"decision": [2, 20.0], "dpo": {}},
+    "decision-3x50": {"decision": [3, 50.0]},
+    "decision-3x50+dpo": {"decision": [3, 50.0], "dpo": {}},
+    "decision-3x50+dpo+rehearsal": {"decision": [3, 50.0], "dpo": {}, "rehearsal": {}},
     "steps120-cos+dpo": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"},
                          "dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
 }
@@ -181,13 +187,16 @@ def main() -> None:
         v = VARIANTS[name]
         sft_cfg = {**SFT, **v.get("sft", {})}
         weights = v.get("weights", {})
-        skey = key([sft_cfg, weights] + (["openers"] if v.get("openers") else []) + ([v["lora"]] if "lora" in v else []))
+        decision = v.get("decision", [0, 1.0])
+        skey = key([sft_cfg, weights] + (["openers"] if v.get("openers") else []) + ([v["lora"]] if "lora" in v else [])
+                   + ([decision] if "decision" in v else []))
         sft_dir = out / f"sft-{skey}"
         t0 = time.time()
         if not (sft_dir / "model.safetensors").exists():
             use = vary_openers(rows) if v.get("openers") else rows
             data = write_dir(out / f"data-{skey}", "sft", weighted(use, weights), {"tune": skey})
-            train_sft(data, args.policy, sft_dir, config=sft_cfg, lora=v.get("lora", False))
+            train_sft(data, args.policy, sft_dir, config=sft_cfg, lora=v.get("lora", False),
+                      decision_tokens=decision[0], decision_weight=decision[1])
         model = sft_dir
         if "dpo" in v:
             dpo_cfg = {**DPO, **v["dpo"]}
@@ -209,7 +218,7 @@ def main() -> None:
         train_s = time.time() - t0
         figs = score(str(model), red_val, helpful_val, args.max_new_tokens)
         rec = {"variant": name, "train_seconds": round(train_s, 1), "sft": sft_cfg, "weights": weights,
-               "dpo": v.get("dpo"), "rehearsal": v.get("rehearsal"),
+               "dpo": v.get("dpo"), "rehearsal": v.get("rehearsal"), "decision": v.get("decision"),
                "distill_dir": args.distill_dir, **figs}
         with results_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -19,7 +19,7 @@ def run(config: str, rounds: int | None, out: str | None, resume: bool, force: t
 
     Each round runs the config's `pipeline:` (default: revisions -> helpful ->
     sft-data -> sft -> preferences -> reward -> rl -> eval; the quickstart runs
-    distill -> sft -> contrastive -> dpo -> rehearsal -> eval). The config is checked (schema, TRL fields, constitution, templates, prompt
+    distill -> sft -> contrastive -> dpo -> eval). The config is checked (schema, TRL fields, constitution, templates, prompt
     files) before any model loads.
     """
     from pathlib import Path
