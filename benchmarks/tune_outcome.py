@@ -62,6 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # SFT decision weighting (cai/training/decision.py): the first N answer tokens' loss counted W times.
     "decision-2x20": {"decision": [2, 20.0]},
     "decision-2x20+dpo": {"decision": [2, 20.0], "dpo": {}},
+    "decision-2x20+dpo+rehearsal": {"decision": [2, 20.0], "dpo": {}, "rehearsal": {}},
     "decision-3x50": {"decision": [3, 50.0]},
     "decision-3x50+dpo": {"decision": [3, 50.0], "dpo": {}},
     "decision-3x50+dpo+rehearsal": {"decision": [3, 50.0], "dpo": {}, "rehearsal": {}},
