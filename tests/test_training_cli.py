@@ -89,6 +89,20 @@ def test_cli_sft_runs_and_flags_override_yaml(tmp_path, tiny_model_dir):
     assert "model saved" in result.output
 
 
+def test_cli_sft_decision_weighting_flags(tmp_path, tiny_model_dir):
+    data = _sft_dir(tmp_path / "sft")
+    out = tmp_path / "model"
+    result = CliRunner().invoke(cli, ["train", "sft", "--data", str(data), "--model", str(tiny_model_dir),
+                                      "--out", str(out), "--max-steps", "1", "--max-length", "64",
+                                      "--decision-tokens", "2", "--decision-weight", "20"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["decision_tokens"] == 2 and summary["decision_weight"] == 20.0
+    bad = CliRunner().invoke(cli, ["train", "sft", "--data", str(data), "--out", str(tmp_path / "o2"),
+                                   "--decision-weight", "0.5"])
+    assert bad.exit_code == 2 and "--decision-weight" in bad.output
+
+
 def test_cli_sft_too_short_max_length_is_one_line(tmp_path, tiny_model_dir):
     data = _sft_dir(tmp_path / "sft")
     result = CliRunner().invoke(cli, ["train", "sft", "--data", str(data), "--model", str(tiny_model_dir),

@@ -220,11 +220,16 @@ def group(launcher: str, accelerate_config: str | None) -> None:
 
 
 @group.command("sft", cls=TrainerCommand, trainer="sft")
-def sft(data, model, out, config_file, lora, trl) -> None:
+@click.option("--decision-tokens", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Weight the loss of each answer's first N tokens (where it opens an answer or a refusal); 0: off.")
+@click.option("--decision-weight", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
+              help="How many times those first tokens count (the quickstart uses 2 tokens x 20).")
+def sft(data, decision_tokens, decision_weight, model, out, config_file, lora, trl) -> None:
     """Supervised fine-tuning on SFT rows; the loss covers the assistant's answer only."""
     from cai.training import train_sft
 
-    _done("sft", train_sft(data, model, out, config_file=config_file, lora=lora, **trl))
+    _done("sft", train_sft(data, model, out, config_file=config_file, lora=lora, decision_tokens=decision_tokens,
+                           decision_weight=decision_weight, **trl))
 
 
 @group.command("reward", cls=TrainerCommand, trainer="reward")
