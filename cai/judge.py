@@ -48,6 +48,24 @@ from cai.judge_rewards import group_rewards, reference_texts
 from cai.judgement import Judgement, PromptLike, _last_user_text, as_conversation, completion_text  # noqa: F401
 
 
+def named_principles(constitution: Constitution, ids: Sequence[str]) -> list[Principle]:
+    """The principles with these ids, in that order; an unknown id, or one without a comparison
+    question (the judge has nothing to ask), is a one-line error naming it and the usable ones.
+    The messages start with "principles" so a config check can prefix the field's path."""
+    if not ids:
+        raise UserInputError("principles is an empty list; name at least one principle id")
+    by_id = {p.id: p for p in constitution.principles}
+    usable = [p.id for p in constitution.principles if p.comparison_question]
+    where = constitution.source or constitution.name
+    for i in ids:
+        if i not in by_id:
+            raise UserInputError(f"principles: unknown principle {i!r}; {where} has: {', '.join(by_id)}")
+        if not by_id[i].comparison_question:
+            raise UserInputError(f"principles: {where}'s principle {i!r} has no comparison_question, so the "
+                                 f"judge cannot use it; ones that have: {', '.join(usable)}")
+    return [by_id[i] for i in dict.fromkeys(ids)]
+
+
 class ConstitutionJudge:
     """A constitution and a feedback backend that give P(A better than B) for pairs of responses."""
 
@@ -139,20 +157,7 @@ class ConstitutionJudge:
             self._options_checked = True
 
     def _named(self, ids: Sequence[str]) -> list[Principle]:
-        """The principles with these ids, in that order; an unknown id, or one without a comparison
-        question (the judge has nothing to ask), is a one-line error naming it and the usable ones."""
-        if not ids:
-            raise UserInputError("principles: the list of principle ids is empty; name at least one")
-        by_id = {p.id: p for p in self.constitution.principles}
-        usable = [p.id for p in self.constitution.principles if p.comparison_question]
-        where = self.constitution.source or self.constitution.name
-        for i in ids:
-            if i not in by_id:
-                raise UserInputError(f"principles: {where} has no principle {i!r}; known ids: {', '.join(by_id)}")
-            if not by_id[i].comparison_question:
-                raise UserInputError(f"principles: {where}'s principle {i!r} has no comparison_question, so the "
-                                     f"judge cannot use it; ones that have: {', '.join(usable)}")
-        return [by_id[i] for i in dict.fromkeys(ids)]
+        return named_principles(self.constitution, ids)
 
     def select_principles(self, conversation: Conversation, response_a: str, response_b: str) -> list[Principle]:
         """The principles for one pair: all (or all the named ones), or m drawn by weight, seeded by (seed, pair)."""
@@ -380,4 +385,4 @@ def _cut(text: str, keep: float) -> str:
     return head.rstrip() + _TRUNCATION_MARK
 
 
-__all__ = ["ConstitutionJudge", "Judgement", "as_conversation", "completion_text", "OPTIONS", "COT_ANSWER_PREFIX"]
+__all__ = ["ConstitutionJudge", "Judgement", "named_principles", "as_conversation", "completion_text", "OPTIONS", "COT_ANSWER_PREFIX"]

@@ -85,3 +85,15 @@ def test_bad_settings_are_refused_before_the_model_loads(tmp_path, options, mess
 
     with pytest.raises(UserInputError, match=message):
         build_trainer("sft", _sft_dir(tmp_path, ORDINARY), "no/such-model", tmp_path / "out", **options, **FAST)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"packing": True}, "packing and padding_free run together"),
+    ({"loss_type": "chunked_nll"}, "decision_tokens needs loss_type: nll"),
+])
+def test_settings_the_term_cannot_work_with_are_refused_before_the_model_loads(tmp_path, fields, message):
+    from cai.training import build_trainer
+
+    with pytest.raises(UserInputError, match=message):
+        build_trainer("sft", _sft_dir(tmp_path, ORDINARY), "no/such-model", tmp_path / "out",
+                      decision_tokens=2, decision_weight=5.0, **fields, **FAST)

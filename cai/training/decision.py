@@ -7,6 +7,8 @@ tokens open a refusal or an answer?) gets a few tokens' share of the gradient am
 trains that decision harder without more steps. On a validation slice of the training
 sets (64 red-team + 64 helpful prompts, never the eval files), first 2 tokens x 20
 moved SFT from refusing 0.656 of harmful / 0.125 of ordinary prompts to 0.734 / 0.109.
+The held-out eval files did not confirm the gain: the quickstart round with it refused
+0.88 of eval harmful and 0.22 of eval benign prompts (issue 15's notes).
 
 The added term is ``(weight - 1) * sum(CE of the first tokens) / (answer tokens)``, so
 the loss is the weighted token mean with TRL's own normaliser, and TRL's logging

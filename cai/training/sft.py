@@ -108,10 +108,10 @@ def _check(job: TrainJob) -> None:
 
 def _build(job: TrainJob) -> Any:
     tokens, weight = job.options["decision_tokens"], job.options["decision_weight"]
-    if tokens and weight != 1 and (getattr(job.config, "packing", False) or getattr(job.config, "padding_free", False)):
-        raise UserInputError("cai train sft: decision_tokens counts each row's first answer tokens, which packing "
-                             "and padding_free run together; turn those off or set decision_tokens: 0")
     if tokens and weight != 1:
+        if getattr(job.config, "packing", False) or getattr(job.config, "padding_free", False):
+            raise UserInputError("cai train sft: decision_tokens counts each row's first answer tokens, which "
+                                 "packing and padding_free run together; turn those off or set decision_tokens: 0")
         # TRL's default chunked_nll loss never materialises the logits the decision term reads.
         if job.settings.get("loss_type", "nll") != "nll":
             raise UserInputError(f"cai train sft: decision_tokens needs loss_type: nll (got "

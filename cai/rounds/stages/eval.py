@@ -140,18 +140,12 @@ def check(cfg: Any, source: str) -> None:
     if isinstance(ids, list):
         from cai.constitution import load_constitution
         from cai.errors import UserInputError
+        from cai.judge import named_principles
 
-        c = load_constitution(cfg.constitution)
-        known = {p.id: p for p in c.principles}
-        if not ids:
-            raise UserInputError(f"{source}: stages.eval.principles is an empty list; name principle ids, a number or all")
-        for i in ids:
-            if i not in known:
-                raise UserInputError(f"{source}: stages.eval.principles: unknown principle {i!r}; "
-                                     f"{c.name} has {', '.join(known)}")
-            if not known[i].comparison_question:
-                raise UserInputError(f"{source}: stages.eval.principles: {i!r} has no comparison_question, so it "
-                                     "cannot judge; add one or pick another principle")
+        try:
+            named_principles(load_constitution(cfg.constitution), ids)
+        except UserInputError as e:  # the same check the judge makes, named by the config field
+            raise UserInputError(f"{source}: stages.eval.{e}") from None
 
 
 STAGE = register_stage(RoundStage(
