@@ -1,4 +1,4 @@
-"""dtype=auto on the CPU: bf16 where the CPU computes it natively, fp32 elsewhere, and it says which."""
+"""dtype=auto on the CPU: bf16 where the CPU's bf16 units are measurably faster, fp32 elsewhere, and it says which."""
 
 from __future__ import annotations
 
@@ -16,12 +16,41 @@ def test_cpu_bf16_features_reads_the_flags(tmp_path):
     assert hw.cpu_bf16_features(tmp_path / "missing") == set()
 
 
-def test_auto_cpu_dtype_follows_the_cpu_and_the_override(monkeypatch):
+@pytest.fixture
+def fresh_verdict(monkeypatch, tmp_path):
+    """No verdict from this process or an earlier one: a private cache directory."""
+    monkeypatch.setattr(hw, "_VERDICT", None)
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(hw.CPU_DTYPE_ENV, raising=False)
+    monkeypatch.delenv("CAI_TRAIN_BF16", raising=False)
+    return tmp_path / "cache" / "cpu-bf16.json"
+
+
+def test_auto_cpu_dtype_follows_the_timed_products_and_the_override(monkeypatch, fresh_verdict):
+    timed = []
     monkeypatch.setattr(hw, "cpu_bf16_features", lambda: {"amx_bf16"})
+    monkeypatch.setattr(hw, "time_gemms", lambda: timed.append(1) or {"float32": 100.0, "bfloat16": 250.0})
     dtype, why = hw.auto_cpu_dtype()
-    assert dtype == "bfloat16" and "amx_bf16" in why
+    assert dtype == "bfloat16" and "amx_bf16" in why and "2.50x" in why
+    assert hw.cpu_bf16_pays_off()  # training reads the same verdict
+
+    # bf16 units that are slower than fp32 (a 2-core Xeon with avx512_bf16): fp32
+    monkeypatch.setattr(hw, "_VERDICT", None)
+    fresh_verdict.unlink()
+    monkeypatch.setattr(hw, "time_gemms", lambda: timed.append(1) or {"float32": 128.0, "bfloat16": 74.0})
+    dtype, why = hw.auto_cpu_dtype()
+    assert dtype == "float32" and "0.58x" in why and "so fp32" in why
+    assert not hw.cpu_bf16_pays_off()
+
+    # parity is not enough: bf16 costs precision
+    monkeypatch.setattr(hw, "_VERDICT", None)
+    fresh_verdict.unlink()
+    monkeypatch.setattr(hw, "time_gemms", lambda: {"float32": 100.0, "bfloat16": 110.0})
+    assert hw.auto_cpu_dtype()[0] == "float32"
+
     monkeypatch.setattr(hw, "cpu_bf16_features", lambda: set())
+    monkeypatch.setattr(hw, "_VERDICT", None)
+    monkeypatch.setattr(hw, "time_gemms", lambda: pytest.fail("no bf16 units: nothing to time"))
     assert hw.auto_cpu_dtype()[0] == "float32"
     monkeypatch.setenv(hw.CPU_DTYPE_ENV, "bfloat16")
     assert hw.auto_cpu_dtype() == ("bfloat16", "auto: CAI_CPU_DTYPE=bfloat16")
@@ -32,14 +61,40 @@ def test_auto_cpu_dtype_follows_the_cpu_and_the_override(monkeypatch):
         hw.auto_cpu_dtype()
 
 
-def test_training_reads_the_same_detection_with_its_own_override(monkeypatch):
+def test_the_verdict_is_kept_per_machine_so_every_run_picks_the_same_dtype(monkeypatch, fresh_verdict):
+    monkeypatch.setattr(hw, "cpu_bf16_features", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(hw, "time_gemms", lambda: {"float32": 100.0, "bfloat16": 300.0})
+    assert hw.auto_cpu_dtype()[0] == "bfloat16"
+    assert fresh_verdict.is_file()
+    # a later process (no verdict in memory) reads it instead of timing again
+    monkeypatch.setattr(hw, "_VERDICT", None)
+    monkeypatch.setattr(hw, "time_gemms", lambda: pytest.fail("timed again"))
+    assert hw.auto_cpu_dtype()[0] == "bfloat16"
+    # another machine (here: another torch thread count) is timed afresh
+    monkeypatch.setattr(hw, "_VERDICT", None)
+    key = hw._machine_key()
+    monkeypatch.setattr(hw, "_machine_key", lambda: {**key, "threads": key["threads"] + 7})
+    monkeypatch.setattr(hw, "time_gemms", lambda: {"float32": 100.0, "bfloat16": 50.0})
+    assert hw.auto_cpu_dtype()[0] == "float32"
+
+
+def test_time_gemms_measures_both_dtypes():
+    figures = hw.time_gemms(shapes=((16, 32, 32),), reps=2)
+    assert set(figures) == {"float32", "bfloat16"} and all(v > 0 for v in figures.values())
+
+
+def test_training_reads_the_same_verdict_with_its_own_override(monkeypatch, fresh_verdict):
     from cai.training import config
 
-    assert config.cpu_has_native_bf16 is hw.cpu_has_native_bf16
+    assert config.cpu_bf16_pays_off is hw.cpu_bf16_pays_off
+    monkeypatch.setattr(hw, "cpu_bf16_features", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(hw, "time_gemms", lambda: {"float32": 128.0, "bfloat16": 74.0})
+    assert not hw.cpu_bf16_pays_off()
+    assert config.cpu_friendly_defaults()["bf16"] is False
+    monkeypatch.setenv("CAI_TRAIN_BF16", "1")
+    assert hw.cpu_bf16_pays_off()
     monkeypatch.setenv("CAI_TRAIN_BF16", "0")
     assert not hw.cpu_has_native_bf16()
-    monkeypatch.setenv("CAI_TRAIN_BF16", "1")
-    assert hw.cpu_has_native_bf16()
 
 
 def test_choose_dtype(monkeypatch):
@@ -61,7 +116,7 @@ def test_bf16_backend_scores_with_fp32_logits_and_stays_close_to_fp32(tiny_model
     from cai.backends.precision import PreciseHeadBase
     from cai.backends.transformers import TransformersBackend
 
-    monkeypatch.setenv(hw.CPU_DTYPE_ENV, "bfloat16")  # what auto picks on a CPU with bf16 units
+    monkeypatch.setenv(hw.CPU_DTYPE_ENV, "bfloat16")  # what auto picks where bf16 units pay off
     bf16 = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", progress=False)
     info = bf16.describe()
     assert info["dtype"] == "bfloat16" and info["scoring_logits"] == "float32"
@@ -94,7 +149,7 @@ def test_the_override_keeps_fp32(tiny_model_dir, monkeypatch):
 
 
 def test_a_dataset_begun_in_one_dtype_is_not_finished_in_another(tmp_path, tiny_model_dir):
-    """dtype=auto means bf16 here and fp32 elsewhere: the precision is part of a stage's fingerprint."""
+    """dtype=auto differs between machines: the precision is part of a stage's fingerprint."""
     from click.testing import CliRunner
 
     from cai.cli.main import cli

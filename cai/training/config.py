@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cai.hardware import cpu_has_native_bf16  # lives there: the backends read it too
+from cai.hardware import cpu_bf16_pays_off  # lives there: the backends read it too
 from cai.progress import bars_enabled
 from cai.training.fields import TrainingConfigError, coerce_fields
 
@@ -27,12 +27,13 @@ def cpu_friendly_defaults() -> dict[str, Any]:
 
     TRL turns bf16 and gradient checkpointing on by default; on a CPU without bf16
     units (FACTS.md) both only slow training down, so they follow the hardware here:
-    bf16 autocast on a GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere.
+    bf16 autocast on a GPU with bf16 or a CPU whose bf16 units run products clearly
+    faster than fp32 (cai.hardware.bf16_verdict), fp32 elsewhere.
     """
     import torch
 
     cuda = torch.cuda.is_available()
-    bf16 = bool(cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_native_bf16())
+    bf16 = bool(cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_bf16_pays_off())
     return {
         # Without a GPU, TRL refuses bf16 unless told the CPU is meant.
         **({"use_cpu": True} if bf16 and not cuda else {}),
