@@ -6,8 +6,9 @@
 One run prints, on the same distinct prompts (tok/s = new tokens per second):
 (a) a naive one-prompt-at-a-time `model.generate` loop (fp32);
 (b) cai's TransformersBackend (sorted, left-padded batches, shared prompt prefixes
-    computed once, finished rows dropped) in fp32 and in bf16 (what ``dtype=auto``
-    picks on a CPU with bf16 units; cai.hardware);
+    computed once, finished rows dropped) in fp32 and in bf16, and which of the two
+    ``dtype=auto`` picks here and why (bf16 only where its products time clearly
+    faster; cai.hardware.bf16_verdict);
 (c) compute roofs: the best GEMM FLOP/s measured now, per dtype (a 2048^3 product and
     a decode-shaped 128x576x1536 one), over the FLOPs of one token (2 x parameters
     + attention over the KV cache);
@@ -156,8 +157,15 @@ def vllm_peer(args: Any) -> dict[str, Any]:
         return {"skipped": "--no-vllm"}
     if not VLLM_PYTHON.is_file():
         return {"skipped": f"{VLLM_PYTHON.relative_to(ROOT)} not found (make install-vllm builds it)"}
+    import torch
+
+    # vLLM binds its own OpenMP threads (all cores of the node by default): give it the
+    # cores cai's torch uses, so the two compare like for like.
+    threads = torch.get_num_threads()
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"),
+           "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND",
+                                                       "0" if threads == 1 else f"0-{threads - 1}")}
     cmd = [str(VLLM_PYTHON), __file__, "--vllm-child", "--prompts", str(args.prompts),
            "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature),
            "--vllm-dtype", args.vllm_dtype]
@@ -220,6 +228,7 @@ def main() -> None:
     from cai.hardware import auto_cpu_dtype
 
     convs = load_convs(args.prompts)
+    auto, auto_why = auto_cpu_dtype()  # what a user gets by default: bf16 only where it pays off
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0, seed=0)
     # GEMM and bandwidth readings before and after the runs, the best of both: a slow
     # moment on a shared machine should not lower the bar.
@@ -256,7 +265,8 @@ def main() -> None:
         "prompts": len(convs),
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
-        "dtype_auto_here": auto_cpu_dtype()[0],
+        "dtype_auto_here": auto,
+        "dtype_auto_why": auto_why,
         "gemm_gflop_s": {k: round(v / 1e9, 1) for k, v in flops.items()},
         "read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
         "a_naive_fp32_tok_s": round(naive, 1),
@@ -267,6 +277,7 @@ def main() -> None:
     }
     if "tok_s" in vllm:
         result["cai_bf16_over_vllm"] = round(measured["bfloat16"] / vllm["tok_s"], 2)
+        result["cai_auto_over_vllm"] = round(measured[auto] / vllm["tok_s"], 2)  # cai's default vs vLLM's
     print(json.dumps(result, indent=2))
 
 

@@ -200,6 +200,24 @@ def test_sampler_matches_the_distribution_and_respects_top_p():
     assert (sample_next(logits[:2000], 0.25, 1.0, g) == 0).float().mean() > 0.95
 
 
+def test_sampling_weights_hold_no_subnormal_floats():
+    """Subnormals are ~100x slower on x86; the weights of hopeless tokens are exact zeros instead."""
+    import torch
+
+    from cai.backends.sampling import sampling_weights
+
+    logits = torch.linspace(-120.0, 0.0, 49152).repeat(4, 1)
+    logits[:, 7] = float("-inf")
+    ref = torch.softmax(logits / 0.7, dim=-1)
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((ref > 0) & (ref < tiny)).any()  # softmax itself makes subnormals here
+    w = sampling_weights(logits, 0.7)
+    assert not ((w > 0) & (w < tiny)).any()
+    assert w[:, 7].eq(0).all()  # -inf stays impossible
+    p = w / w.sum(-1, keepdim=True)
+    assert torch.allclose(p, ref, atol=1e-12, rtol=1e-5)
+
+
 def test_sampler_across_vocabulary_blocks_hits_the_right_tokens_at_the_right_rates():
     """The two-level sampler: mass spread over several 256-wide blocks and a ragged last block."""
     import torch

@@ -107,7 +107,7 @@ def test_backend_greedy_generation_is_the_same_with_and_without_prefix_sharing(t
 
 
 def test_onednn_projections_give_the_same_scores_and_text(tiny_model_dir):
-    """A backend that loads its own CPU model swaps its wide projections for oneDNN ones."""
+    """A backend that loads its own CPU model swaps its projections for packed oneDNN ones."""
     import torch
 
     from cai.backends.onednn import OneDNNLinearBase
@@ -119,6 +119,7 @@ def test_onednn_projections_give_the_same_scores_and_text(tiny_model_dir):
     plain = TransformersBackend(load_model(str(tiny_model_dir), device="cpu"), batch_size=4, progress=False)
     if torch.backends.mkldnn.is_available():
         assert isinstance(ours.model.lm_head, OneDNNLinearBase)
+        assert isinstance(ours.model.model.layers[0].self_attn.q_proj, OneDNNLinearBase)  # narrow ones too
     assert type(plain.model.lm_head) is torch.nn.Linear  # a caller's model is left alone
     convs = _pairs_conversations()
     for a, b in zip(ours.choice_logprobs(convs, ["A", "B"]), plain.choice_logprobs(convs, ["A", "B"])):

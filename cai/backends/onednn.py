@@ -1,21 +1,23 @@
-"""oneDNN matrix products for the wide projections of an fp32 model on the CPU.
+"""oneDNN matrix products, on weights packed once, for the projections of an fp32 model on the CPU.
 
-torch runs fp32 ``nn.Linear`` through MKL. On the 2-core AMD EPYC these
-benchmarks ran on, oneDNN's kernels did the wide products of a decode step
-(the MLP's 576x1536 and 1536x576, the 576x49152 vocabulary projection, at 128
-rows) about 10-20% faster; the narrow attention projections were no faster, so
-they stay. End to end, generation went from about 250 to 275 tok/s
-(benchmarks/generation.py). Inference only: the swapped layers hold no
-parameters that train.
+torch runs fp32 ``nn.Linear`` through MKL, and oneDNN's ``mkldnn_linear`` on
+tensors converted to its layout on every call. Packing each weight once for
+oneDNN (``_reorder_linear_weight``) and calling ``_linear_pointwise`` on plain
+tensors skips both the per-call reorder of MKL and the to/from-oneDNN
+conversions. One thread, decode-shaped products (128 rows) on a 2-core Intel
+Xeon: 155-160 GFLOP/s packed against 140-153 for ``F.linear`` and 120-133 for
+``mkldnn_linear`` (the layer this module used before, which on the AMD EPYC of
+FACTS.md had beaten MKL by 10-20%); the 576x49152 vocabulary projection 133
+against 120 and 92 (figures and script in the note on issue 20). The
+packing is for a row count (``rows``, the batch size); other counts still run,
+at the speeds above for 32-1024 rows. Inference only: the swapped layers hold
+no parameters that train.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any
-
-#: Swap a linear layer when either side is at least this wide.
-MIN_WIDTH = 1024
 
 
 class OneDNNLinearBase:
@@ -26,31 +28,26 @@ class OneDNNLinearBase:
 def _onednn_linear_class():
     import torch
 
-    class OneDNNLinear(torch.nn.Module, OneDNNLinearBase):
-        """``y = x W^T + b`` with the weight held in oneDNN's layout (no gradients)."""
+    class PackedLinear(torch.nn.Module, OneDNNLinearBase):
+        """``y = x W^T + b`` with the weight packed once in oneDNN's blocked layout (no gradients)."""
 
-        def __init__(self, linear: torch.nn.Linear) -> None:
+        def __init__(self, linear: torch.nn.Linear, rows: int) -> None:
             super().__init__()
             self.in_features, self.out_features = linear.in_features, linear.out_features
-            weight = linear.weight.detach()
-            bias = linear.bias.detach() if linear.bias is not None else weight.new_zeros(self.out_features)
-            self._weight = weight.to_mkldnn()
-            self._bias = bias.to_mkldnn()
+            self._weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+            self._bias = None if linear.bias is None else linear.bias.detach().clone()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            lead = x.shape[:-1]
-            flat = x.reshape(-1, self.in_features).contiguous().to_mkldnn()
-            y = torch._C._nn.mkldnn_linear(flat, self._weight, self._bias).to_dense()
-            return y.view(*lead, self.out_features)
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._weight, self._bias, "none", [], "")
 
         def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}"
+            return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
-    return OneDNNLinear
+    return PackedLinear
 
 
-def use_onednn_linears(model: Any) -> int:
-    """Swap the wide fp32 ``nn.Linear`` layers of a CPU model for oneDNN ones; returns how many.
+def use_onednn_linears(model: Any, rows: int = 128) -> int:
+    """Swap the fp32 ``nn.Linear`` layers of a CPU model for oneDNN ones packed for ``rows``; returns how many.
 
     A no-op (0) where torch has no oneDNN, off x86-64 (where it was not measured),
     or for layers that are not fp32 on the CPU. The model is for inference
@@ -66,13 +63,10 @@ def use_onednn_linears(model: Any) -> int:
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if (
-                type(child) is torch.nn.Linear
-                and child.weight.device.type == "cpu"
-                and child.weight.dtype == torch.float32
-                and max(child.in_features, child.out_features) >= MIN_WIDTH
-            ):
+            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
                 swaps.append((parent, name, child))
+    # packing is for a row count; below 32 it packed worse (102 vs 130 GFLOP/s at 32 rows)
+    rows = max(32, rows)
     for parent, name, child in swaps:
-        setattr(parent, name, cls(child))
+        setattr(parent, name, cls(child, rows))
     return len(swaps)

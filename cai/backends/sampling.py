@@ -34,6 +34,29 @@ def keep_freed_memory() -> None:
 _SAMPLE_BLOCK = 256
 
 
+#: Tokens whose scaled logit is more than this far below the row's best get weight 0:
+#: exp(-80) ~ 1.8e-35 is still a normal float, and the mass dropped over a whole
+#: vocabulary (49,152 x 1.8e-35 ~ 1e-30) changes no draw.
+_FLOOR = 80.0
+
+
+def sampling_weights(logits, temperature: float):
+    """Unnormalised softmax(logits / temperature) per row, with no subnormal floats (exact zeros instead).
+
+    Why not ``torch.softmax``: its probabilities of very unlikely tokens underflow to
+    subnormal floats, and x86 cores compute on subnormals through a slow microcode path.
+    On a 2-core Intel Xeon, fp32 generation at temperature 0.7 ran 196 tok/s with
+    softmax's weights and 264 with this floor, as fast as with the CPU's flush-to-zero
+    mode on (benchmarks/generation.py's prompts, one thread). The inverse-CDF draw in
+    ``sample_next`` needs no normalisation.
+    """
+    import torch
+
+    z = logits.float() / temperature
+    z -= z.max(dim=-1, keepdim=True).values
+    return z.masked_fill_(z < -_FLOOR, float("-inf")).exp_()
+
+
 def sample_next(logits, temperature: float, top_p: float, generator=None):
     """One token per row from softmax(logits / temperature), restricted to the top-p nucleus.
 
@@ -45,8 +68,9 @@ def sample_next(logits, temperature: float, top_p: float, generator=None):
     """
     import torch
 
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    probs = sampling_weights(logits, temperature)
     if top_p < 1.0:
+        probs /= probs.sum(-1, keepdim=True)
         sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
         # keep the smallest set whose mass reaches top_p (the top token always stays)
         sorted_p[(sorted_p.cumsum(-1) - sorted_p) > top_p] = 0

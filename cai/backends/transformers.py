@@ -79,7 +79,7 @@ class TransformersBackend:
             keep_freed_memory()
             if not isinstance(model, LoadedModel):
                 # Only a model this backend loaded itself: a caller's model may be trained later.
-                use_onednn_linears(self.model)
+                use_onednn_linears(self.model, rows=batch_size)
 
     # --- protocol ------------------------------------------------------------------
 
