@@ -63,9 +63,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "decision-2x20": {"decision": [2, 20.0]},
     "decision-2x20+dpo": {"decision": [2, 20.0], "dpo": {}},
     "decision-2x20+dpo+rehearsal": {"decision": [2, 20.0], "dpo": {}, "rehearsal": {}},
+    "decision-2x20+dpo+rehearsal20": {"decision": [2, 20.0], "dpo": {}, "rehearsal": {"max_steps": 20}},
     "decision-3x50": {"decision": [3, 50.0]},
     "decision-3x50+dpo": {"decision": [3, 50.0], "dpo": {}},
     "decision-3x50+dpo+rehearsal": {"decision": [3, 50.0], "dpo": {}, "rehearsal": {}},
+    # DPO that adds on-policy error pairs: the SFT model's own wrong decisions on the training
+    # prompts (a refusal of a helpful one, an answer to a harmful one) as the rejected side.
+    "decision-2x20+onpolicy": {"decision": [2, 20.0], "dpo": {}, "onpolicy": True},
+    # The 97 red-team rows added after the original 324 (near twins of look-unsafe requests) left out.
+    "decision-2x20+dpo-no-twins": {"decision": [2, 20.0], "dpo": {}, "drop_new_red": True},
     "steps120-cos+dpo": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"},
                          "dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
 }
@@ -102,13 +108,19 @@ def vary_openers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 VALIDATION_POOL = {"red_team": 324, "helpful": 355}
 
 
-def split_validation(n: int, seed: int = 1234) -> tuple[list, list]:
-    """(red-team, helpful) validation records: a seeded slice of each training file's original rows."""
+def split_validation(n: int, seed: int = 1234, pool: str = "original") -> tuple[list, list]:
+    """(red-team, helpful) validation records: a seeded slice of each training file's rows.
+
+    ``pool="original"``: only the rows of VALIDATION_POOL (comparable across data changes);
+    ``"all"``: every row, so the slice also has the style of rows added later.
+    """
     from cai.data import load_prompts
 
     out = []
     for name in ("red_team", "helpful"):
-        recs = load_prompts(ROOT / "examples" / "prompts" / f"{name}.jsonl")[:VALIDATION_POOL[name]]
+        recs = load_prompts(ROOT / "examples" / "prompts" / f"{name}.jsonl")
+        if pool == "original":
+            recs = recs[:VALIDATION_POOL[name]]
         random.Random(seed).shuffle(recs)
         out.append(recs[:n])
     return out[0], out[1]
@@ -155,6 +167,39 @@ def score(model: str, red: list, helpful: list, max_new_tokens: int) -> dict[str
     return figs
 
 
+def onpolicy_pairs(model: str, rows: list[dict[str, Any]], cache: Path, max_new_tokens: int) -> list[dict[str, Any]]:
+    """Preference pairs from the model's own wrong decisions on the training prompts.
+
+    The model answers each training prompt (greedy); where it refuses a helpful prompt or
+    answers a harmful one, the distilled target is chosen and its own response rejected.
+    Responses are cached in ``cache`` (one JSON object, row id -> text).
+    """
+    from cai.backends import make_backend
+    from cai.backends.base import SamplingParams
+    from cai.refusal import RefusalDetector
+
+    if cache.exists():
+        responses = json.loads(cache.read_text())
+    else:
+        backend = make_backend(model, batch_size=64, progress=False)
+        gens = backend.generate([r["messages"][:-1] for r in rows],
+                                SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+        responses = {r["id"]: g.text.strip() for r, g in zip(rows, gens)}
+        cache.write_text(json.dumps(responses))
+    detector = RefusalDetector()
+    pairs = []
+    for r in rows:
+        text = responses[r["id"]]
+        refused = detector.is_refusal(text)
+        harmful = r.get("set") == "red_team"
+        if text and refused != harmful:
+            pairs.append({"id": r["id"] + "#onpolicy", "prompt": r["messages"][:-1],
+                          "chosen": [r["messages"][-1]], "rejected": [{"role": "assistant", "content": text}],
+                          "p_chosen": 1.0, "label_source": "on-policy", "set": r.get("set"),
+                          "category": r.get("category"), "look_unsafe": r.get("look_unsafe", False)})
+    return pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("distill_dir")
@@ -163,6 +208,8 @@ def main() -> None:
     ap.add_argument("--validation", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--policy", default="smollm2-135m")
+    ap.add_argument("--pool", choices=("original", "all"), default="original",
+                    help="draw the validation slice from the files' original rows or from all rows")
     args = ap.parse_args()
 
     from cai.constitution import load_constitution
@@ -172,7 +219,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    red_val, helpful_val = split_validation(args.validation)
+    red_val, helpful_val = split_validation(args.validation, pool=args.pool)
     held = {r.text for r in red_val + helpful_val}
     rows = [r for r in read_rows(args.distill_dir) if r["source_prompt"] not in held]
     constitution = load_constitution("harmless")
@@ -186,23 +233,33 @@ def main() -> None:
         if name in done:
             continue
         v = VARIANTS[name]
+        use_rows = rows
+        if v.get("drop_new_red"):
+            from cai.data import load_prompts
+            new_red = {r.text for r in load_prompts(ROOT / "examples" / "prompts" / "red_team.jsonl")
+                       [VALIDATION_POOL["red_team"]:]}
+            use_rows = [r for r in rows if r["source_prompt"] not in new_red]
         sft_cfg = {**SFT, **v.get("sft", {})}
         weights = v.get("weights", {})
         decision = v.get("decision", [0, 1.0])
         skey = key([sft_cfg, weights] + (["openers"] if v.get("openers") else []) + ([v["lora"]] if "lora" in v else [])
-                   + ([decision] if "decision" in v else []))
+                   + ([decision] if "decision" in v else []) + (["no-twins"] if v.get("drop_new_red") else []))
         sft_dir = out / f"sft-{skey}"
         t0 = time.time()
         if not (sft_dir / "model.safetensors").exists():
-            use = vary_openers(rows) if v.get("openers") else rows
+            use = vary_openers(use_rows) if v.get("openers") else use_rows
             data = write_dir(out / f"data-{skey}", "sft", weighted(use, weights), {"tune": skey})
             train_sft(data, args.policy, sft_dir, config=sft_cfg, lora=v.get("lora", False),
                       decision_tokens=decision[0], decision_weight=decision[1])
         model = sft_dir
         if "dpo" in v:
             dpo_cfg = {**DPO, **v["dpo"]}
-            pairs, _, _ = contrastive_pairs(vary_openers(rows) if v.get("openers") else rows, constitution)
-            dkey = key([skey, dpo_cfg])
+            pairs, _, _ = contrastive_pairs(vary_openers(use_rows) if v.get("openers") else use_rows, constitution)
+            if v.get("onpolicy"):
+                errors = onpolicy_pairs(str(sft_dir), use_rows, out / f"onpolicy-{skey}.jsonl", args.max_new_tokens)
+                print(f"{name}: {len(errors)} on-policy error pairs", flush=True)
+                pairs = pairs + errors
+            dkey = key([skey, dpo_cfg] + (["onpolicy"] if v.get("onpolicy") else []))
             pref = write_dir(out / f"pairs-{skey}", "preference", weighted(pairs, weights), {"tune": skey})
             model = out / f"dpo-{dkey}"
             if not (model / "model.safetensors").exists():

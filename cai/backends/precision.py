@@ -1,4 +1,4 @@
-"""bf16 inference on a CPU that computes it natively, with fp32 logits where labels are read.
+"""bf16 inference on a CPU where it pays off, with fp32 logits where labels are read.
 
 A bf16 model rounds its logits to bf16: at |logit| ~20 the step is 0.125, so the
 difference of two option logits moves by up to ~0.1 and a soft label by up to ~0.03.
@@ -88,7 +88,7 @@ __all__ = ["PreciseHeadBase", "choose_dtype", "precise_logits", "use_bf16_with_f
 def choose_dtype(device: str, dtype: str | None) -> tuple[str | None, str]:
     """The dtype a backend loads its model in, and why (``describe()["dtype_choice"]``).
 
-    ``auto`` (or None) on a CPU is bfloat16 where the CPU computes it natively, float32
+    ``auto`` (or None) on a CPU is bfloat16 where its bf16 units are measurably faster, float32
     elsewhere (cai.hardware.auto_cpu_dtype; ``CAI_CPU_DTYPE`` overrides it); on other
     devices it is left to ``cai.models.pick_dtype`` (bf16 on a GPU that has it).
     """
