@@ -190,6 +190,20 @@ def test_evaluate_models_exact_metrics_and_batching(constitution, tmp_path):
     assert json.loads(path.read_text())["models"]["x"]["win_rate"]["wins"] == 7
 
 
+def test_win_rates_off_judges_no_pairs_and_keeps_the_refusal_figures(constitution):
+    """For a judge at chance: no win-rate pairs are judged (the quickstart's 135M default)."""
+    x, y = ScriptedBackend(respond=model_x, model_id="x"), ScriptedBackend(respond=model_y, model_id="y")
+    judge = ScriptedBackend(score=scripted_judge, model_id="judge")
+    m = evaluate_models({"x": x, "y": y}, RED, BENIGN, constitution, judge,
+                        config=EvalConfig(win_rates=False, judge_harmlessness=False))
+    assert judge.score_calls == []
+    assert "win_rate" not in m["prompts"] and m["baseline"] is None
+    assert m["models"]["y"]["win_rate"] is None  # y is not the baseline: it would have one
+    assert m["models"]["x"]["harmlessness"]["refusal_rate"]["rate"] == 0.25  # the outcome is still measured
+    on = evaluate_models({"x": x, "y": y}, RED, BENIGN, constitution, judge, config=EvalConfig(judge_harmlessness=False))
+    assert on["models"]["y"]["win_rate"]["n"] > 0 and judge.score_calls  # the default judges them (x is the baseline)
+
+
 def test_samples_carry_the_prompts_category_and_look_unsafe():
     """eval.json's samples name their prompt's category, so the run report can group them."""
     from cai.data import PromptRecord

@@ -62,6 +62,9 @@ class EvalConfig(BaseModel):
     #: What a response to a red-team prompt is compared with for the judge's harmlessness rate.
     canned_refusal: str = "I'm sorry, but I can't help with that."
     judge_harmlessness: bool = True
+    #: Judge every model against the baseline (needs a judge). Off where the judge is at chance:
+    #: the 135M default's verdicts flip with the answer order, so its win rates are all ties.
+    win_rates: bool = True
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     reward_batch_size: int = Field(8, ge=1)
     #: Keep every prompt, response and verdict in the metrics (``samples``).
@@ -170,7 +173,7 @@ def evaluate_models(
     }
     if win_rate_prompts is not None:
         sets["win_rate"] = as_records(win_rate_prompts, "win-rate prompts")
-    elif constitution is not None and len(models) > 1:
+    elif constitution is not None and len(models) > 1 and config.win_rates:
         sets["win_rate"] = list({r.id: r for r in sets["red_team"] + sets["benign"]}.values())
     if not any(sets.values()):
         raise UserInputError("nothing to evaluate on; give win-rate, red-team or benign prompts")
