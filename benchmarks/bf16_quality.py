@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bf16_quality.py [--model smollm2-135m] [--prompts 64]
 
-The check behind ``dtype=auto`` picking bfloat16 on CPUs that compute it natively
+The check behind ``dtype=auto`` picking bfloat16 on CPUs where it is measurably faster
 (cai.hardware). Two backends on the same model, one loaded in float32 and one in
 bfloat16, on two sets:
 

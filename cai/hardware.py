@@ -47,17 +47,6 @@ def cpu_bf16_features(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
     return {f for f in NATIVE_BF16_FLAGS if f in words}
 
 
-def cpu_has_native_bf16(env: str = "CAI_TRAIN_BF16") -> bool:
-    """Whether this CPU reports native bf16 units (AVX512-BF16 or AMX); not whether they pay off.
-
-    ``$env=0`` (or ``1``) overrides the detection.
-    """
-    forced = os.environ.get(env)
-    if forced in ("0", "1"):
-        return forced == "1"
-    return bool(cpu_bf16_features())
-
-
 def time_gemms(shapes: tuple[tuple[int, int, int], ...] = TIMED_SHAPES, reps: int = 5) -> dict[str, float]:
     """GFLOP/s of ``torch.nn.functional.linear`` over ``shapes``, per dtype (best of ``reps``)."""
     import time
@@ -176,4 +165,4 @@ def auto_cpu_dtype() -> tuple[str, str]:
 
 
 __all__ = ["BF16_MIN_SPEEDUP", "CPU_DTYPE_ENV", "NATIVE_BF16_FLAGS", "auto_cpu_dtype", "bf16_verdict",
-           "cpu_bf16_features", "cpu_bf16_pays_off", "cpu_has_native_bf16", "time_gemms"]
+           "cpu_bf16_features", "cpu_bf16_pays_off", "time_gemms"]

@@ -70,6 +70,12 @@ def test_the_verdict_is_kept_per_machine_so_every_run_picks_the_same_dtype(monke
     monkeypatch.setattr(hw, "_VERDICT", None)
     monkeypatch.setattr(hw, "time_gemms", lambda: pytest.fail("timed again"))
     assert hw.auto_cpu_dtype()[0] == "bfloat16"
+    # a damaged file is timed again and rewritten, not an error
+    monkeypatch.setattr(hw, "_VERDICT", None)
+    fresh_verdict.write_text("{not json")
+    monkeypatch.setattr(hw, "time_gemms", lambda: {"float32": 100.0, "bfloat16": 300.0})
+    assert hw.auto_cpu_dtype()[0] == "bfloat16"
+    assert '"machine"' in fresh_verdict.read_text()
     # another machine (here: another torch thread count) is timed afresh
     monkeypatch.setattr(hw, "_VERDICT", None)
     key = hw._machine_key()
@@ -94,7 +100,8 @@ def test_training_reads_the_same_verdict_with_its_own_override(monkeypatch, fres
     monkeypatch.setenv("CAI_TRAIN_BF16", "1")
     assert hw.cpu_bf16_pays_off()
     monkeypatch.setenv("CAI_TRAIN_BF16", "0")
-    assert not hw.cpu_has_native_bf16()
+    monkeypatch.setattr(hw, "time_gemms", lambda: {"float32": 100.0, "bfloat16": 300.0})
+    assert not hw.cpu_bf16_pays_off()
 
 
 def test_choose_dtype(monkeypatch):

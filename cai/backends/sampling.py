@@ -45,10 +45,10 @@ def sampling_weights(logits, temperature: float):
 
     Why not ``torch.softmax``: its probabilities of very unlikely tokens underflow to
     subnormal floats, and x86 cores compute on subnormals through a slow microcode path.
-    On a 2-core Intel Xeon, fp32 generation at temperature 0.7 ran 196 tok/s with
-    softmax's weights and 264 with this floor, as fast as with the CPU's flush-to-zero
-    mode on (benchmarks/generation.py's prompts, one thread). The inverse-CDF draw in
-    ``sample_next`` needs no normalisation.
+    On a 2-core Intel Xeon, fp32 generation at temperature 0.7 with softmax's weights ran
+    196 tok/s, and 264 with the CPU's flush-to-zero mode on (benchmarks/generation.py's
+    prompts, one thread); with these weights flush-to-zero no longer changes the speed.
+    The inverse-CDF draw in ``sample_next`` needs no normalisation.
     """
     import torch
 
