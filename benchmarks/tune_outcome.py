@@ -74,6 +74,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "decision-2x20+dpo-no-twins": {"decision": [2, 20.0], "dpo": {}, "drop_new_red": True},
     "steps120-cos+dpo": {"sft": {"max_steps": 120, "lr_scheduler_type": "cosine"},
                          "dpo": {"learning_rate": 2.0e-5, "max_steps": 40}},
+    # More SFT epochs (60 steps x 8 rows is ~0.6 epoch; the SFT model refused 26% of its own
+    # training helpful prompts), with and without the DPO stage.
+    "decision-2x20-s120+dpo+rehearsal20": {"decision": [2, 20.0], "sft": {"max_steps": 120}, "dpo": {},
+                                            "rehearsal": {"max_steps": 20}},
+    "decision-2x20-s120+rehearsal20": {"decision": [2, 20.0], "sft": {"max_steps": 120},
+                                       "rehearsal": {"max_steps": 20}},
+    "decision-2x20-s180+rehearsal20": {"decision": [2, 20.0], "sft": {"max_steps": 180},
+                                       "rehearsal": {"max_steps": 20}},
+    "decision-2x20-s180+dpo+rehearsal20": {"decision": [2, 20.0], "sft": {"max_steps": 180}, "dpo": {},
+                                            "rehearsal": {"max_steps": 20}},
+    "decision-2x20-s120": {"decision": [2, 20.0], "sft": {"max_steps": 120}},
+    "decision-2x20-s180": {"decision": [2, 20.0], "sft": {"max_steps": 180}},
 }
 
 

@@ -114,7 +114,7 @@ def test_onednn_projections_give_the_same_scores_and_text(tiny_model_dir):
     from cai.backends.transformers import TransformersBackend
     from cai.models import load_model
 
-    # fp32 pinned: the swap applies to fp32 layers only (auto is bf16 on a CPU with bf16 units)
+    # fp32 pinned: this compares against an fp32 model (bf16 packing has its own test below)
     ours = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", dtype="float32", progress=False)
     plain = TransformersBackend(load_model(str(tiny_model_dir), device="cpu"), batch_size=4, progress=False)
     if torch.backends.mkldnn.is_available():
@@ -126,6 +126,37 @@ def test_onednn_projections_give_the_same_scores_and_text(tiny_model_dir):
         assert a.extra["raw_logprobs"] == pytest.approx(b.extra["raw_logprobs"], abs=1e-4)
     params = SamplingParams(max_new_tokens=10, temperature=0)
     assert [g.text for g in ours.generate(convs, params)] == [g.text for g in plain.generate(convs, params)]
+
+
+def test_bf16_projections_are_packed_too_and_give_the_same_text_and_scores(tiny_model_dir, monkeypatch):
+    """bf16 layers are packed where oneDNN computes bf16 natively; packed and plain products agree."""
+    import torch
+
+    from cai.backends.onednn import OneDNNLinearBase
+    from cai.backends.precision import PreciseHeadBase
+    from cai.backends.transformers import TransformersBackend
+
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("this CPU has no native bf16 in oneDNN")  # the packing is then not applied at all
+    ours = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", dtype="bfloat16", progress=False)
+    head = ours.model.get_output_embeddings()
+    assert isinstance(head, PreciseHeadBase) and isinstance(head.linear, OneDNNLinearBase)
+    assert head.weight.dtype == torch.bfloat16  # the tied weight is still reachable
+    assert isinstance(ours.model.model.layers[0].mlp.down_proj, OneDNNLinearBase)
+    convs = _pairs_conversations()
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    packed_text = [g.text for g in ours.generate(convs, params)]
+    packed_scores = [c.extra["raw_logprobs"] for c in ours.choice_logprobs(convs, ["A", "B"])]
+    # the same model with the swap turned off (a plain bf16 nn.Linear everywhere)
+    import cai.backends.transformers as tb
+
+    onednn_calls = []
+    monkeypatch.setattr(tb, "use_onednn_linears", lambda model, rows=128: onednn_calls.append(rows) or 0)
+    plain = TransformersBackend(str(tiny_model_dir), batch_size=4, device="cpu", dtype="bfloat16", progress=False)
+    assert onednn_calls and type(plain.model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    assert [g.text for g in plain.generate(convs, params)] == packed_text
+    for a, b in zip(packed_scores, [c.extra["raw_logprobs"] for c in plain.choice_logprobs(convs, ["A", "B"])]):
+        assert a == pytest.approx(b, abs=1e-4)
 
 
 def test_split_by_width_cuts_where_padding_outweighs_a_pass():

@@ -1,4 +1,4 @@
-"""oneDNN matrix products, on weights packed once, for the projections of an fp32 model on the CPU.
+"""oneDNN matrix products, on weights packed once, for the projections of an fp32 or bf16 model on the CPU.
 
 torch runs fp32 ``nn.Linear`` through MKL, and oneDNN's ``mkldnn_linear`` on
 tensors converted to its layout on every call. Packing each weight once for
@@ -12,6 +12,11 @@ against 120 and 92 (figures and script in the note on issue 20). The
 packing is for a row count (``rows``, the batch size); other counts still run,
 at the speeds above for 32-1024 rows. Inference only: the swapped layers hold
 no parameters that train.
+
+bf16 models too: ``F.linear`` in bf16 also goes to oneDNN (AMX where the CPU has it) and
+reorders the weight into the AMX layout on every call. Packed once, the same products
+ran 1.3-1.5x faster on a 2-core Xeon with AMX (one thread, 128 rows: 831 vs 609 GFLOP/s
+for 576x576, 626 vs 413 for the 576x49152 vocabulary projection; outputs bit-identical).
 """
 
 from __future__ import annotations
@@ -47,10 +52,10 @@ def _onednn_linear_class():
 
 
 def use_onednn_linears(model: Any, rows: int = 128) -> int:
-    """Swap the fp32 ``nn.Linear`` layers of a CPU model for oneDNN ones packed for ``rows``; returns how many.
+    """Swap the fp32 and bf16 ``nn.Linear`` layers of a CPU model for oneDNN ones packed for ``rows``; returns how many.
 
     A no-op (0) where torch has no oneDNN, off x86-64 (where it was not measured),
-    or for layers that are not fp32 on the CPU. The model is for inference
+    or for layers that are neither fp32 nor (where oneDNN computes it natively) bf16 on the CPU. The model is for inference
     afterwards: do not train or save it.
     """
     import platform
@@ -60,10 +65,13 @@ def use_onednn_linears(model: Any, rows: int = 128) -> int:
     if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
         return 0
     cls = _onednn_linear_class()
+    dtypes = {torch.float32}
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        dtypes.add(torch.bfloat16)
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
+            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype in dtypes:
                 swaps.append((parent, name, child))
     # packing is for a row count; below 32 it packed worse (102 vs 130 GFLOP/s at 32 rows)
     rows = max(32, rows)

@@ -34,6 +34,8 @@ def _head_class():
             super().__init__()
             self.in_features, self.out_features = linear.in_features, linear.out_features
             self.linear = linear  # the model's own (tied) head, cast with the model
+            # kept apart from the submodule, which use_onednn_linears may swap for a packed one
+            self.__dict__["_weight"] = linear.weight
             # a plain attribute, not a buffer: Module.to() must not cast it to bf16
             self.weight32 = weight32.detach().float()
             self.bias32 = None if linear.bias is None else linear.bias.detach().float().clone()
@@ -41,7 +43,7 @@ def _head_class():
 
         @property
         def weight(self) -> torch.Tensor:  # what transformers' tied-weight helpers look for
-            return self.linear.weight
+            return self.__dict__["_weight"]
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.precise:
