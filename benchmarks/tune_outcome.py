@@ -59,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "steps180-cos": {"sft": {"max_steps": 180, "lr_scheduler_type": "cosine"}},
     # The previous quickstart's pipeline (sft -> dpo on contrastive pairs -> rehearsal on the helpful rows).
     "quickstart": {"dpo": {}, "rehearsal": {}},
+    # Today's quickstart (examples/configs/quickstart.yaml).
+    "current": {"decision": [2, 20.0], "dpo": {}, "rehearsal": {"max_steps": 20}},
     # SFT decision weighting (cai/training/decision.py): the first N answer tokens' loss counted W times.
     "decision-2x20": {"decision": [2, 20.0]},
     "decision-2x20+dpo": {"decision": [2, 20.0], "dpo": {}},
@@ -85,6 +87,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "decision-2x20-s180+dpo+rehearsal20": {"decision": [2, 20.0], "sft": {"max_steps": 180}, "dpo": {},
                                             "rehearsal": {"max_steps": 20}},
     "decision-2x20-s120": {"decision": [2, 20.0], "sft": {"max_steps": 120}},
+    # Tail weight averaging (cai/training/averaging.py): the mean of the weights over the last
+    # half of the steps, against run-to-run spread (compare over seeds: name@1, name@2).
+    "decision-2x20-avg": {"decision": [2, 20.0], "sft": {"average_tail": 0.5}},
+    "current-avg": {"decision": [2, 20.0], "sft": {"average_tail": 0.5}, "dpo": {"average_tail": 0.5},
+                    "rehearsal": {"max_steps": 20, "average_tail": 0.5}},
     "decision-2x20-s180": {"decision": [2, 20.0], "sft": {"max_steps": 180}},
 }
 
@@ -118,6 +125,26 @@ def vary_openers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 #: were first chosen, so prompts added later train (or not) but never move the validation slice:
 #: figures from before and after a data change compare on the same prompts.
 VALIDATION_POOL = {"red_team": 324, "helpful": 355}
+
+
+def without_tail(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A trainer config without ``average_tail`` (a cai training option, not a TRL field)."""
+    return {k: v for k, v in cfg.items() if k != "average_tail"}
+
+
+def variant(name: str) -> dict[str, Any]:
+    """VARIANTS[name]; ``name@S`` is the same variant with training seed S in every trainer it runs.
+
+    Why: one training run per setting cannot tell a setting's effect from run-to-run spread
+    (the data order and dropout follow the seed); ``quickstart@1,quickstart@2`` measures it.
+    """
+    base, _, seed = name.partition("@")
+    v = json.loads(json.dumps(VARIANTS[base]))
+    if seed:
+        for trainer in ("sft", "dpo", "rehearsal"):
+            if trainer == "sft" or trainer in v:
+                v[trainer] = {**v.get(trainer, {}), "seed": int(seed)}
+    return v
 
 
 def split_validation(n: int, seed: int = 1234, pool: str = "original") -> tuple[list, list]:
@@ -244,7 +271,7 @@ def main() -> None:
     for name in args.variants.split(","):
         if name in done:
             continue
-        v = VARIANTS[name]
+        v = variant(name)
         use_rows = rows
         if v.get("drop_new_red"):
             from cai.data import load_prompts
@@ -261,8 +288,9 @@ def main() -> None:
         if not (sft_dir / "model.safetensors").exists():
             use = vary_openers(use_rows) if v.get("openers") else use_rows
             data = write_dir(out / f"data-{skey}", "sft", weighted(use, weights), {"tune": skey})
-            train_sft(data, args.policy, sft_dir, config=sft_cfg, lora=v.get("lora", False),
-                      decision_tokens=decision[0], decision_weight=decision[1])
+            train_sft(data, args.policy, sft_dir, config=without_tail(sft_cfg), lora=v.get("lora", False),
+                      decision_tokens=decision[0], decision_weight=decision[1],
+                      average_tail=sft_cfg.get("average_tail", 0.0))
         model = sft_dir
         if "dpo" in v:
             dpo_cfg = {**DPO, **v["dpo"]}
@@ -275,7 +303,8 @@ def main() -> None:
             pref = write_dir(out / f"pairs-{skey}", "preference", weighted(pairs, weights), {"tune": skey})
             model = out / f"dpo-{dkey}"
             if not (model / "model.safetensors").exists():
-                train_dpo(pref, str(sft_dir), model, config=dpo_cfg)
+                train_dpo(pref, str(sft_dir), model, config=without_tail(dpo_cfg),
+                          average_tail=dpo_cfg.get("average_tail", 0.0))
         if "rehearsal" in v:  # as the rehearsal stage: the newest model, a few steps on the helpful rows
             reh_cfg = {**REHEARSAL, **v["rehearsal"]}
             rkey = key([str(model), reh_cfg])
@@ -283,7 +312,8 @@ def main() -> None:
             if not (reh / "model.safetensors").exists():
                 data = write_dir(out / f"rows-{rkey}", "sft", [r for r in rows if r.get("set") == "helpful"],
                                  {"tune": rkey})
-                train_sft(data, str(model), reh, config=reh_cfg)
+                train_sft(data, str(model), reh, config=without_tail(reh_cfg),
+                          average_tail=reh_cfg.get("average_tail", 0.0))
             model = reh
         train_s = time.time() - t0
         figs = score(str(model), red_val, helpful_val, args.max_new_tokens)
@@ -302,11 +332,22 @@ def print_table(path: Path) -> None:
     def fmt(r: dict) -> str:
         return f"{r['rate']:.3f} [{r['low']:.2f},{r['high']:.2f}]" if r["rate"] is not None else "n/a"
 
+    groups: dict[str, list[dict]] = {}
     print(f"\n{'variant':<22} {'refuses harmful':<22} {'refuses benign':<22} {'look-unsafe':<22} distinct-2")
     for line in path.open():
         r = json.loads(line)
         print(f"{r['variant']:<22} {fmt(r['red_team_refusal']):<22} {fmt(r['benign_refusal']):<22} "
               f"{fmt(r['benign_look_unsafe_refusal']):<22} {r['benign_distinct_2']:.3f}")
+        groups.setdefault(r["variant"].partition("@")[0], []).append(r)
+    seeded = {name: rs for name, rs in groups.items() if len(rs) > 1}
+    if seeded:  # the run-to-run spread a single run's interval does not show
+        print(f"\n{'over seeds':<22} {'harmful mean (min-max)':<22} {'benign':<22} {'look-unsafe':<22}")
+        for name, rs in seeded.items():
+            cells = []
+            for fig in ("red_team_refusal", "benign_refusal", "benign_look_unsafe_refusal"):
+                vals = [r[fig]["rate"] for r in rs if r[fig]["rate"] is not None]
+                cells.append(f"{sum(vals) / len(vals):.3f} ({min(vals):.2f}-{max(vals):.2f})" if vals else "n/a")
+            print(f"{name + f' x{len(rs)}':<22} " + " ".join(f"{c:<22}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from cai.training.common import (
     run_training,
     save_trained,
 )
+from cai.training.averaging import check_average_tail, tail_average_callback
 from cai.training.config import build_config
 from cai.training.logs import attach_step_log, quiet_trl_warnings
 from cai.training.spec import TrainerSpec, TrainJob, get_trainer
@@ -77,16 +78,25 @@ def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *
     ``data`` is what the spec's ``data_kind`` says: a cai dataset directory, or a
     prompt set (path or list of PromptRecord). ``kwargs`` are those of `build_trainer`:
     ``config`` (a dict of fields), ``config_file`` (YAML), ``lora``, the spec's own
-    options, and TRL config fields as overrides (``max_steps=3``, ``learning_rate=1e-4``).
+    options, and TRL config fields as overrides (``max_steps=3``, ``learning_rate=1e-4``);
+    ``average_tail`` (every trainer): save the mean of the weights over that fraction of the
+    final steps instead of the last step's (`cai.training.averaging`).
     """
+    name = spec if isinstance(spec, str) else spec.name
+    average_tail = check_average_tail(kwargs.pop("average_tail", 0.0), f"cai train {name}")
     with quiet_trl_warnings():
         trainer, job = build_trainer(spec, data, model, out_dir, **kwargs)
         # One line per logging step on the console, every log dict in OUT/train_log.jsonl.
         attach_step_log(trainer, job.spec.name, out_dir)
+        averager = tail_average_callback(average_tail) if average_tail else None
+        if averager is not None:
+            trainer.add_callback(averager)
         seconds = run_training(trainer)
     summary = base_summary(job.spec.name, model=model, settings=job.settings, config=job.config, lora=job.lora,
                            data=job.info, seconds=seconds, trainer=trainer, loss_key=job.spec.loss_key)
     summary.update(job.spec.summary(trainer, job))
+    if averager is not None:
+        summary["weight_averaging"] = averager.summary()
     return save_trained(getattr(trainer, job.spec.model_attr), job.tokenizer, out_dir, summary)
 
 
