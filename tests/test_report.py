@@ -87,6 +87,9 @@ def test_report_files_self_contained_html_and_markdown(new_run):
     verdict = text[text.index("## Verdict"):text.index("## Metrics per round")]
     assert "**sft** trained on **[distill rows]**" in verdict
     assert "**dpo** trained on **[contrastive labels]**: no preferences stage" in verdict
+    # listed in pipeline order (sft, dpo, rehearsal), not grouped by kind of data
+    assert (verdict.index("**sft** trained on") < verdict.index("**dpo** trained on")
+            < verdict.index("**rehearsal** trained on **[distill rows]**"))
     assert "| round-1/distill | **[complete]** | 12.0 | 30 rows, 10 failed; refusal 15 |" in text  # stage tallies
     for p in plots:  # the Markdown references every figure by file
         assert f"]({p.name})" in text

@@ -78,9 +78,9 @@ def training_summary(trainer: str, steps: int, keys: dict[str, list[float]], **e
 
 
 def make_new_pipeline_run(root: Path) -> Path:
-    """Two rounds of [distill, sft, contrastive, dpo, eval]: round 1 helps, round 2 undoes it."""
+    """Two rounds of [distill, sft, contrastive, dpo, rehearsal, eval]: round 1 helps, round 2 undoes it."""
     d = root / "run-new"
-    pipeline = ["distill", "sft", "contrastive", "dpo", "eval"]
+    pipeline = ["distill", "sft", "contrastive", "dpo", "rehearsal", "eval"]
     stages: dict[str, Any] = {}
     cats = ["weapons", "privacy", "self-harm"]
     for k in (1, 2):
@@ -96,7 +96,11 @@ def make_new_pipeline_run(root: Path) -> Path:
         stages[f"{base}/dpo"] = {"status": "complete", "seconds": 40.0, "output": f"{base}/dpo",
                                  "summary": {"steps": 4, "final_loss": 0.5, "label_source": "contrastive",
                                              "label_source_why": "no preferences stage"}}
+        stages[f"{base}/rehearsal"] = {"status": "complete", "seconds": 10.0, "output": f"{base}/rehearsal",
+                                       "summary": {"steps": 2, "final_loss": 1.1, "data": "distill"}}
         stages[f"{base}/eval"] = {"status": "complete", "seconds": 20.0, "output": f"{base}/eval", "summary": {}}
+        _write(d / base / "rehearsal" / "training_summary.json", training_summary(
+            "sft", 2, {"loss": [1.2, 1.1], "entropy": [2.6, 2.6], "mean_token_accuracy": [0.6, 0.6]}))
         _write(d / base / "sft" / "training_summary.json", training_summary(
             "sft", 4, {"loss": [2.0, 1.6, 1.4, 1.2 - 0.1 * k], "entropy": [3.0, 2.8, 2.7, 2.6],
                        "mean_token_accuracy": [0.4, 0.5, 0.55, 0.6]}))

@@ -98,14 +98,18 @@ def _verdict_box(v: RoundVerdict, run_round: RoundView) -> Box:
         if any(cell != "–" for cell in win_row[1:]):
             rows.append(win_row)
         blocks.append(Table(header, rows))
-    items = [[Strong(s.stage), " trained on ", Badge(f"{s.summary['data']} rows", "neutral")]
+    order = {s.stage: i for i, s in enumerate(run_round.stages)}  # listed in pipeline order, not by kind
+    keyed = [(order[s.stage], [Strong(s.stage), " trained on ", Badge(f"{s.summary['data']} rows", "neutral")])
              for s in run_round.stages if s.training and isinstance(s.summary.get("data"), str)
              and "label_source" not in s.summary and "/" not in s.summary["data"]]
-    items += [[Strong(stage), " trained on ", Badge(f"{src} labels", "neutral"), f": {why}" if why else ""]
+    keyed += [(order.get(stage, len(order)),
+               [Strong(stage), " trained on ", Badge(f"{src} labels", "neutral"), f": {why}" if why else ""])
               for stage, src, why in v.label_sources]
-    items += [[Strong(s.stage), f" trained by {s.training['trainer']} against ", Badge("the reward model", "neutral")]
+    keyed += [(order[s.stage], [Strong(s.stage), f" trained by {s.training['trainer']} against ",
+                                Badge("the reward model", "neutral")])
               for s in run_round.stages if s.training.get("trainer") in ("ppo", "rloo", "grpo")
               and "label_source" not in s.summary]
+    items = [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
     if items:
         blocks += [Para("What trained this round:"), Bullets(items)]
     if not v.label_sources:
