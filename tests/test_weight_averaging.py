@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import one_torch_thread
 from test_sft_forged_turns import ORDINARY, _sft_dir
+from test_training import prompts_file, reward_model_dir  # noqa: F401 (fixtures)
 
 from cai.errors import UserInputError
 from cai.training.averaging import first_averaged_step, tail_average_callback
@@ -75,3 +76,23 @@ def test_bad_fractions_are_refused_before_the_model_loads(tmp_path, value):
 
     with pytest.raises(UserInputError, match="average_tail must be a number from 0"):
         train_sft(_sft_dir(tmp_path, ORDINARY), "no/such-model", tmp_path / "out", config=FAST, average_tail=value)
+
+
+def test_ppo_own_loop_averages_too(prompts_file, tiny_model_dir, reward_model_dir, tmp_path):
+    """PPO runs its own loop (not Trainer.train), with the same callback events: the averaging holds there."""
+    from cai.training import train_ppo
+
+    kw = dict(max_steps=2, learning_rate=1e-3, response_length=8, kl_coef=0.1, num_ppo_epochs=1)
+    res = train_ppo(prompts_file, str(tiny_model_dir), str(reward_model_dir), tmp_path / "ppo", average_tail=0.5, **kw)
+    assert res.summary["weight_averaging"] == {"average_tail": 0.5, "averaged_from_step": 2, "averaged_steps": 1}
+
+
+def test_stage_sections_take_it_and_check_it():
+    from pydantic import ValidationError
+
+    from cai.rounds.stages.sft import SFTSection
+
+    assert SFTSection().average_tail == 0.0
+    assert SFTSection(average_tail=0.5).average_tail == 0.5
+    with pytest.raises(ValidationError):
+        SFTSection(average_tail=1.0)

@@ -12,6 +12,9 @@ class TrainSection(BaseModel):
 
     config: dict[str, Any] = Field(default_factory=dict, description="TRL config fields for this trainer.")
     lora: bool = False
+    average_tail: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Save the mean of the weights over this fraction of the final steps instead of the last step's "
+        "(cai/training/averaging.py); 0: off."))
 
 
 def check_trainer(trainer: str | Callable[[Any], str], key: str) -> Callable[[Any, str], None]:
@@ -57,5 +60,5 @@ def counts(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    keep = ("steps", "seconds", "final_loss", "eval", "final_metrics")
+    keep = ("steps", "seconds", "final_loss", "eval", "final_metrics", "weight_averaging")
     return {k: summary[k] for k in keep if k in summary}

@@ -19,7 +19,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     source, data, why = choose(ctx, ctx.section)
     s = ctx.section
-    res = train_dpo(data, str(ctx.input_dir("sft")), ctx.out, config=s.config, lora=s.lora)
+    res = train_dpo(data, str(ctx.input_dir("sft")), ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
     return {**train_summary(res.summary), **describe(source, data, why)}
 
 

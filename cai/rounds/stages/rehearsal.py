@@ -58,7 +58,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                    "source_prompt": r.get("source_prompt", r.get("prompt"))} for r in rows])
     writer.finalize({"rows": len(rows)}, title=f"cai round {ctx.k} rehearsal rows")
     s = ctx.section
-    res = train_sft(data, start, ctx.out, config={**DEFAULTS, **s.config}, lora=s.lora)
+    res = train_sft(data, start, ctx.out, config={**DEFAULTS, **s.config}, lora=s.lora,
+                    average_tail=s.average_tail)
     return {**train_summary(res.summary), "data": stage, "rows": len(rows), "from": ctx.new_policy_stage or "round policy"}
 
 

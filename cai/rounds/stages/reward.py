@@ -20,7 +20,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     s = ctx.section
     source, data, why = choose(ctx, s)
     # The reward model starts from the round 0 policy's weights, as a fresh judge of the policy.
-    res = train_reward(data, ctx.cfg.models.policy, ctx.out, config=s.config, lora=s.lora)
+    res = train_reward(data, ctx.cfg.models.policy, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
     return {**train_summary(res.summary), **describe(source, data, why)}
 
 

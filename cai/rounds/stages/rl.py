@@ -39,9 +39,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if s.algorithm == "dpo":  # DPO reads pairs: the same label-source choice as the reward model
         source, data, why = choose(ctx, s)
         chosen = describe(source, data, why)
-        res = training.train_dpo(data, sft_model, ctx.out, config=s.config, lora=s.lora)
+        res = training.train_dpo(data, sft_model, ctx.out, config=s.config, lora=s.lora,
+                  average_tail=s.average_tail)
     elif s.algorithm == "ppo":
-        res = training.train_ppo(prompts, sft_model, reward_model, ctx.out, config=s.config, lora=s.lora)
+        res = training.train_ppo(prompts, sft_model, reward_model, ctx.out, config=s.config, lora=s.lora,
+                  average_tail=s.average_tail)
     else:
         judge = None
         if s.judge:
@@ -50,7 +52,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             judge = ConstitutionJudge(ctx.res.constitution, ctx.res.backend(ctx.feedback_spec),
                                       templates=ctx.res.templates()).as_reward_func()
         fn = training.train_rloo if s.algorithm == "rloo" else training.train_grpo
-        res = fn(prompts, sft_model, ctx.out, reward_model=reward_model, judge=judge, config=s.config, lora=s.lora)
+        res = fn(prompts, sft_model, ctx.out, reward_model=reward_model, judge=judge, config=s.config, lora=s.lora,
+                  average_tail=s.average_tail)
     return {**train_summary(res.summary), **chosen}
 
 

@@ -27,7 +27,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     s = ctx.section
     data = ctx.input_dir(data_stage(ctx.cfg, "sft", DATA_STAGES))
     res = train_sft(data, ctx.policy, ctx.out, config=s.config, lora=s.lora,
-                    decision_tokens=s.decision_tokens, decision_weight=s.decision_weight)
+                    decision_tokens=s.decision_tokens, decision_weight=s.decision_weight,
+                    average_tail=s.average_tail)
     return {**train_summary(res.summary), "data": data.name}
 
 
