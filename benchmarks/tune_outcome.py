@@ -90,6 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Tail weight averaging (cai/training/averaging.py): the mean of the weights over the last
     # half of the steps, against run-to-run spread (compare over seeds: name@1, name@2).
     "decision-2x20-avg": {"decision": [2, 20.0], "sft": {"average_tail": 0.5}},
+    "current-avgsft": {"decision": [2, 20.0], "sft": {"average_tail": 0.5}, "dpo": {}, "rehearsal": {"max_steps": 20}},
     "current-avg": {"decision": [2, 20.0], "sft": {"average_tail": 0.5}, "dpo": {"average_tail": 0.5},
                     "rehearsal": {"max_steps": 20, "average_tail": 0.5}},
     "decision-2x20-s180": {"decision": [2, 20.0], "sft": {"max_steps": 180}},
