@@ -128,9 +128,10 @@ def vary_openers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 VALIDATION_POOL = {"red_team": 324, "helpful": 355}
 
 
-def without_tail(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A trainer config without ``average_tail`` (a cai training option, not a TRL field)."""
-    return {k: v for k, v in cfg.items() if k != "average_tail"}
+def train_args(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A variant's trainer settings as train_* keywords: ``average_tail`` is a cai option, the rest TRL fields."""
+    return {"config": {k: v for k, v in cfg.items() if k != "average_tail"},
+            "average_tail": cfg.get("average_tail", 0.0)}
 
 
 def variant(name: str) -> dict[str, Any]:
@@ -289,9 +290,8 @@ def main() -> None:
         if not (sft_dir / "model.safetensors").exists():
             use = vary_openers(use_rows) if v.get("openers") else use_rows
             data = write_dir(out / f"data-{skey}", "sft", weighted(use, weights), {"tune": skey})
-            train_sft(data, args.policy, sft_dir, config=without_tail(sft_cfg), lora=v.get("lora", False),
-                      decision_tokens=decision[0], decision_weight=decision[1],
-                      average_tail=sft_cfg.get("average_tail", 0.0))
+            train_sft(data, args.policy, sft_dir, lora=v.get("lora", False),
+                      decision_tokens=decision[0], decision_weight=decision[1], **train_args(sft_cfg))
         model = sft_dir
         if "dpo" in v:
             dpo_cfg = {**DPO, **v["dpo"]}
@@ -304,8 +304,7 @@ def main() -> None:
             pref = write_dir(out / f"pairs-{skey}", "preference", weighted(pairs, weights), {"tune": skey})
             model = out / f"dpo-{dkey}"
             if not (model / "model.safetensors").exists():
-                train_dpo(pref, str(sft_dir), model, config=without_tail(dpo_cfg),
-                          average_tail=dpo_cfg.get("average_tail", 0.0))
+                train_dpo(pref, str(sft_dir), model, **train_args(dpo_cfg))
         if "rehearsal" in v:  # as the rehearsal stage: the newest model, a few steps on the helpful rows
             reh_cfg = {**REHEARSAL, **v["rehearsal"]}
             rkey = key([str(model), reh_cfg])
@@ -313,8 +312,7 @@ def main() -> None:
             if not (reh / "model.safetensors").exists():
                 data = write_dir(out / f"rows-{rkey}", "sft", [r for r in rows if r.get("set") == "helpful"],
                                  {"tune": rkey})
-                train_sft(data, str(model), reh, config=without_tail(reh_cfg),
-                          average_tail=reh_cfg.get("average_tail", 0.0))
+                train_sft(data, str(model), reh, **train_args(reh_cfg))
             model = reh
         train_s = time.time() - t0
         figs = score(str(model), red_val, helpful_val, args.max_new_tokens)

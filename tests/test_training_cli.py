@@ -103,6 +103,20 @@ def test_cli_sft_decision_weighting_flags(tmp_path, tiny_model_dir):
     assert bad.exit_code == 2 and "--decision-weight" in bad.output
 
 
+def test_cli_average_tail_flag(tmp_path, tiny_model_dir):
+    data = _sft_dir(tmp_path / "sft")
+    out = tmp_path / "model"
+    result = CliRunner().invoke(cli, ["train", "sft", "--data", str(data), "--model", str(tiny_model_dir),
+                                      "--out", str(out), "--max-steps", "4", "--max-length", "64",
+                                      "--average-tail", "0.5"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["weight_averaging"] == {"average_tail": 0.5, "averaged_from_step": 3, "averaged_steps": 2}
+    bad = CliRunner().invoke(cli, ["train", "dpo", "--data", str(data), "--out", str(tmp_path / "o2"),
+                                   "--average-tail", "1"])
+    assert bad.exit_code == 2 and "--average-tail" in bad.output
+
+
 def test_cli_sft_too_short_max_length_is_one_line(tmp_path, tiny_model_dir):
     data = _sft_dir(tmp_path / "sft")
     result = CliRunner().invoke(cli, ["train", "sft", "--data", str(data), "--model", str(tiny_model_dir),

@@ -104,6 +104,9 @@ class TrainerCommand(click.Command):
                          help="YAML of the TRL config's fields, or a TRL recipe; flags given here override it."),
             click.Option(["--lora", "--use_peft", "--use-peft", "lora"], is_flag=True,
                          help="Train a LoRA adapter (peft) and save it merged into the model."),
+            click.Option(["--average-tail", "average_tail"], type=click.FloatRange(0.0, 1.0, max_open=True),
+                         default=0.0, show_default=True,
+                         help="Save the mean weights over this fraction of the final steps (0: the last step's)."),
         ]
 
     def trl_params(self) -> list[click.Option]:
@@ -148,6 +151,9 @@ class TrainerCommand(click.Command):
         for key, flag in (("data", "--prompts" if self._spec.data_kind == "prompts" else "--data"), ("out", "--out")):
             if not params.get(key):
                 raise click.UsageError(f"Missing option '{flag}' (or its TRL recipe key in --config).", ctx)
+        tail = params.pop("average_tail")
+        if tail:  # a cai option of every trainer, passed with the TRL fields to train()
+            trl["average_tail"] = tail
         params["trl"] = trl
         return super().invoke(ctx)
 

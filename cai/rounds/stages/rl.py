@@ -40,10 +40,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         source, data, why = choose(ctx, s)
         chosen = describe(source, data, why)
         res = training.train_dpo(data, sft_model, ctx.out, config=s.config, lora=s.lora,
-                  average_tail=s.average_tail)
+                                 average_tail=s.average_tail)
     elif s.algorithm == "ppo":
         res = training.train_ppo(prompts, sft_model, reward_model, ctx.out, config=s.config, lora=s.lora,
-                  average_tail=s.average_tail)
+                                 average_tail=s.average_tail)
     else:
         judge = None
         if s.judge:
@@ -53,7 +53,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                       templates=ctx.res.templates()).as_reward_func()
         fn = training.train_rloo if s.algorithm == "rloo" else training.train_grpo
         res = fn(prompts, sft_model, ctx.out, reward_model=reward_model, judge=judge, config=s.config, lora=s.lora,
-                  average_tail=s.average_tail)
+                 average_tail=s.average_tail)
     return {**train_summary(res.summary), **chosen}
 
 
