@@ -70,6 +70,13 @@ log = logging.getLogger(__name__)
 CPU_KV_CACHE_GIB = 2.0
 #: Engine arguments as JSON, for what the shared CLI options cannot carry.
 ENGINE_ARGS_ENV = "CAI_VLLM_ARGS"
+#: Whether this process started a vLLM engine (the ``cai`` command then exits without C++ teardown).
+_engine_started = False
+
+
+def engine_started() -> bool:
+    """Whether a ``VLLMBackend`` in this process started its own engine."""
+    return _engine_started
 
 
 def _import_vllm():
@@ -128,6 +135,8 @@ class VLLMBackend:
         if llm is None:
             kwargs = {k: v for k, v in self.settings.items() if v is not None}
             llm = vllm.LLM(model=self.path, tokenizer=self.path, trust_remote_code=trust_remote_code, **kwargs)
+            global _engine_started
+            _engine_started = True
             # Stop the engine we started before the interpreter tears down: left to process exit,
             # its background threads were seen to abort the process ("terminate called without an
             # active exception", exit -6) after all the work was written.
