@@ -113,6 +113,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # The quickstart without its DPO stage (DPO is 155 s of the AMX demo, 288 s in fp32): does it earn its time?
     "s120avg+r60": {"decision": [2, 20.0], "sft": {"max_steps": 120, "average_tail": 0.5},
                     "rehearsal": {"max_steps": 60}},
+    # Rehearsal that replays some red-team refusals (10% of the helpful row count): on validation
+    # DPO + 60 rehearsal steps took harmful refusal from 0.96 to 0.81; does replay keep more of it?
+    "s120avg+r60+red10": {"decision": [2, 20.0], "sft": {"max_steps": 120, "average_tail": 0.5},
+                          "rehearsal": {"max_steps": 60}, "rehearsal_red": 0.1},
 }
 
 
@@ -351,11 +355,16 @@ def main() -> None:
                 train_dpo(pref, str(sft_dir), model, **train_args(dpo_cfg))
         if "rehearsal" in v:  # as the rehearsal stage: the newest model, a few steps on the helpful rows
             reh_cfg = {**REHEARSAL, **v["rehearsal"]}
-            rkey = key([str(model), reh_cfg])
+            red_share = v.get("rehearsal_red", 0.0)
+            rkey = key([str(model), reh_cfg] + ([red_share] if red_share else []))
             reh = out / f"rehearsal-{rkey}"
             if not (reh / "model.safetensors").exists():
-                data = write_dir(out / f"rows-{rkey}", "sft", [r for r in rows if r.get("set") == "helpful"],
-                                 {"tune": rkey})
+                reh_rows = [r for r in rows if r.get("set") == "helpful"]
+                if red_share:  # replay: red-team refusals, red_share x the helpful row count, seeded
+                    red = [r for r in rows if r.get("set") == "red_team"]
+                    reh_rows += random.Random(0).sample(red, min(len(red), round(red_share * len(reh_rows))))
+                    random.Random(1).shuffle(reh_rows)
+                data = write_dir(out / f"rows-{rkey}", "sft", reh_rows, {"tune": rkey})
                 train_sft(data, str(model), reh, **train_args(reh_cfg))
             model = reh
         if "merge" in v:
@@ -367,7 +376,8 @@ def main() -> None:
         figs = score(str(model), red_val, helpful_val, args.max_new_tokens)
         rec = {"variant": name, "train_seconds": round(train_s, 1), "sft": sft_cfg, "weights": weights,
                "merge": v.get("merge"),
-               "dpo": v.get("dpo"), "rehearsal": v.get("rehearsal"), "decision": v.get("decision"),
+               "dpo": v.get("dpo"), "rehearsal": v.get("rehearsal"), "rehearsal_red": v.get("rehearsal_red"),
+               "decision": v.get("decision"),
                "distill_dir": args.distill_dir, **figs}
         with results_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
