@@ -10,6 +10,9 @@ temperature 0.7) once untimed, then once under torch.profiler, and prints:
     its pieces), norms, rotary/elementwise, sampling, KV-cache bookkeeping (cat, index,
     copy) and the rest, with the share of the profiled wall time not inside any torch op
     (Python, the decode loop's own bookkeeping).
+Groups go by op name, so an op shared by several parts lands in one group: the
+sampling weights' vocabulary-wide passes (sub, mul, exp, ...) count as elementwise and
+``amax`` as other ops; read those from (a), where each has 1 call per decode step.
 Run it on an otherwise idle machine: with a second job on the cores every share moves.
 """
 

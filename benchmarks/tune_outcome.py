@@ -99,7 +99,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "current-avgsft-r30": {"decision": [2, 20.0], "sft": {"average_tail": 0.5}, "dpo": {}, "rehearsal": {"max_steps": 30}},
     "current-avgsft-r40": {"decision": [2, 20.0], "sft": {"average_tail": 0.5}, "dpo": {}, "rehearsal": {"max_steps": 40}},
     "decision-2x20-s180": {"decision": [2, 20.0], "sft": {"max_steps": 180}},
-    # Two epochs' worth of averaged SFT: at 60 steps (~0.6 epoch) the SFT model refused 26% of
+    # About 1.2 epochs of averaged SFT (120 x 8 rows over ~830): at 60 steps (~0.6 epoch) the SFT model refused 26% of
     # its own training helpful prompts, so it has not yet seen most look-unsafe/harmful twins.
     "s120avg": {"decision": [2, 20.0], "sft": {"max_steps": 120, "average_tail": 0.5}},
     "s120avg+dpo+r20": {"decision": [2, 20.0], "sft": {"max_steps": 120, "average_tail": 0.5}, "dpo": {},
