@@ -38,8 +38,10 @@ class GrowingLayer(DynamicLayer):
         if self._k is None or self._len + n > self._k.shape[-2]:
             needed = self._len + n
             capacity = self._expect if needed <= self._expect else max(64, 2 * needed)
-            k = key_states.new_empty((*key_states.shape[:2], capacity, key_states.shape[-1]))
-            v = value_states.new_empty((*value_states.shape[:2], capacity, value_states.shape[-1]))
+            # zeros, not garbage: decode attention reads the whole buffer, masking the free tail
+            # (backends/decode_attention.py), and a masked weight of 0 times a NaN is still NaN
+            k = key_states.new_zeros((*key_states.shape[:2], capacity, key_states.shape[-1]))
+            v = value_states.new_zeros((*value_states.shape[:2], capacity, value_states.shape[-1]))
             if self._len:
                 k[:, :, : self._len] = self._k[:, :, : self._len]
                 v[:, :, : self._len] = self._v[:, :, : self._len]
@@ -47,22 +49,28 @@ class GrowingLayer(DynamicLayer):
         self._k[:, :, self._len : self._len + n] = key_states
         self._v[:, :, self._len : self._len + n] = value_states
         self._len += n
-        self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+        self._views()
         return self.keys, self.values
+
+    def _views(self) -> None:
+        self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+        # The whole buffers ride along on the views: decode attention reads them contiguous
+        # (positions past the length are zeros it masks) instead of the strided views.
+        self.keys.cai_buffer, self.values.cai_buffer = self._k, self._v
 
     def get_seq_length(self) -> int:
         return self._len if self.is_initialized else 0
 
     def load(self, keys, values, length: int) -> None:
-        """Start from buffers ``[batch, heads, capacity, dim]`` whose first ``length`` positions are filled."""
+        """Start from buffers ``[batch, heads, capacity, dim]``: ``length`` positions filled, zeros after them."""
         self.lazy_initialization(keys, values)
         self._k, self._v, self._len = keys, values, length
-        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+        self._views()
 
     def batch_select_indices(self, indices) -> None:
         if self.is_initialized and self._k is not None:
             self._k, self._v = self._k[indices], self._v[indices]
-            self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+            self._views()
 
 
 def is_growing(cache) -> bool:

@@ -7,12 +7,14 @@ little compute on padding; results come back in input order.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Sequence
 
 from cai.backends.base import (
     ChoiceScores, Conversation, Generation, SamplingParams, common_prefix_len, normalise_choices,
 )
 from cai.backends.chat import FALLBACK_CHAT_TEMPLATE, ChatEncoder, RenderedChat  # noqa: F401 (re-exported)
+from cai.backends.decode_attention import use_decode_attention
 from cai.backends.onednn import use_onednn_linears
 from cai.backends.kv_cache import cache_keyword
 from cai.backends.precision import (  # noqa: F401 (choose_dtype re-exported)
@@ -80,6 +82,8 @@ class TransformersBackend:
             if not isinstance(model, LoadedModel):
                 # Only a model this backend loaded itself: a caller's model may be trained later.
                 use_onednn_linears(self.model, rows=batch_size)
+                if os.environ.get("CAI_DECODE_ATTENTION", "1") != "0":
+                    use_decode_attention(self.model)
 
     # --- protocol ------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""Attention for a decode step on the CPU: two batched products over the whole KV buffer.
+
+At one new token per row, torch's CPU SDPA (the flash kernel, on the growing cache's
+strided view) took 2.1-2.9 ms per layer at 128 rows, 3 KV heads x 3 queries and
+150 cached positions, bf16, 2 threads, on an AVX512-BF16 EPYC: about 27% of a
+generate call, ten times what reading the cache costs. ``bmm`` on that strided view
+is slow too: the product copies it to make each row's block adjacent. The cache's
+buffer itself is contiguous, so this reads all of it, free tail included (zeros that
+the mask hides; kv_cache.GrowingLayer hands the buffer over on its views as
+``cai_buffer``), in two ``bmm`` with an fp32 softmax between: 1.4 ms for the same
+step with 40 free positions (benchmarks/profile_decode.py; the note on issue 20).
+
+Everything else goes to transformers' own SDPA path unchanged: prefill (more than one
+query per row, so choice scoring reads the same logits as before), other devices,
+caches that hand over no buffer, per-head masks and attention variants this does not
+implement (soft-capping, sinks, position biases).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+#: the name the backend registers with transformers' attention interface
+NAME = "cai_cpu_decode"
+
+#: the last mask extended to a buffer's capacity: the 30-odd layers of one step share one mask
+_extended: list[Any] = [None, 0, None]
+
+
+def decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                     dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' attention-function signature; returns ``([batch, 1, heads, dim], None)``."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, q_len, dim = query.shape
+    k_buf, v_buf = getattr(key, "cai_buffer", None), getattr(value, "cai_buffer", None)
+    if (q_len != 1 or query.device.type != "cpu" or dropout or k_buf is None or v_buf is None
+            or key.shape[-1] != dim or heads % key.shape[1]
+            or (attention_mask is not None and (attention_mask.dtype != torch.bool or attention_mask.shape[1] != 1))
+            or any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "position_bias"))):
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    kv_heads, length, capacity = key.shape[1], key.shape[2], k_buf.shape[2]
+    groups = heads // kv_heads
+    rows = batch * kv_heads
+    # query head h reads KV head h // groups (transformers' repeat_kv): groups queries per KV head
+    q = query.reshape(rows, groups, dim)
+    scores = torch.bmm(q, k_buf.view(rows, capacity, dim).transpose(1, 2)).view(batch, kv_heads, groups, capacity)
+    scores = scores.float().mul_(dim**-0.5 if scaling is None else scaling)
+    scores.add_(_mask_over(attention_mask, batch, length, capacity, query.device))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(rows, groups, capacity)
+    out = torch.bmm(probs, v_buf.view(rows, capacity, dim))  # [rows, groups, dim]
+    return out.view(batch, 1, heads, dim), None
+
+
+def _mask_over(mask: Any, batch: int, length: int, capacity: int, device: Any) -> Any:
+    """An additive fp32 mask ``[batch, 1, 1, capacity]``: 0 where ``mask`` attends, -inf elsewhere and past ``length``."""
+    import torch
+
+    memo_mask, memo_key, memo_out = _extended
+    key = (batch, length, capacity)
+    # the same mask object (kept alive here, so its identity cannot be reused) for the same shape
+    if memo_out is not None and memo_mask is mask and memo_key == key:
+        return memo_out
+    out = torch.full((batch, 1, 1, capacity), float("-inf"), device=device)
+    if mask is None:
+        out[..., :length] = 0.0
+    else:
+        out[..., :length].masked_fill_(mask.reshape(-1, 1, 1, length).expand(batch, 1, 1, length), 0.0)
+    _extended[:] = [mask, key, out]
+    return out
+
+
+@functools.cache
+def register() -> str:
+    """Register the function (and SDPA's mask format) with transformers once; returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, decode_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
+
+
+def use_decode_attention(model: Any) -> bool:
+    """Switch a CPU model that runs transformers' SDPA attention to this one; False (unchanged) otherwise."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    name = register()
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return getattr(model.config, "_attn_implementation", None) == name
