@@ -1,7 +1,7 @@
 """Generation throughput on the embedded default, against the machine's roofs and vLLM on CPU.
 
     .venv/bin/python benchmarks/generation.py [--prompts 128] [--naive-prompts 8] [--max-new-tokens 64]
-                                              [--no-vllm] [--vllm-dtype bfloat16]
+                                              [--top-p 1.0] [--no-vllm] [--vllm-dtype bfloat16]
 
 One run prints, on the same distinct prompts (tok/s = new tokens per second):
 (a) a naive one-prompt-at-a-time `model.generate` loop (fp32);
@@ -168,7 +168,7 @@ def vllm_peer(args: Any) -> dict[str, Any]:
                                                        "0" if threads == 1 else f"0-{threads - 1}")}
     cmd = [str(VLLM_PYTHON), __file__, "--vllm-child", "--prompts", str(args.prompts),
            "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature),
-           "--vllm-dtype", args.vllm_dtype]
+           "--top-p", str(args.top_p), "--vllm-dtype", args.vllm_dtype]
     # Its own session, killed as a group on timeout: vLLM's engine workers would otherwise
     # keep the pipes open and the wait would outlast the timeout.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -195,7 +195,7 @@ def vllm_child(args: Any) -> None:
     # enforce_eager: no torch.compile (about a minute on 2 cores before the first token)
     llm = vllm.LLM(resolve_model_path("smollm2-135m"), dtype=args.vllm_dtype, seed=0, max_model_len=2048,
                    enforce_eager=True)
-    params = vllm.SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0,
+    params = vllm.SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                  ignore_eos=True)  # every row runs the full length: the fair count for vLLM
     llm.chat(convs, params, use_tqdm=False)
     t = time.perf_counter()
@@ -213,6 +213,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=128, help="rows per batch (128 was fastest here in an earlier sweep: 64, 128, 256)")
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--top-p", type=float, default=1.0,
+                    help="nucleus sampling for cai and vLLM alike (the stages default to 0.95)")
     ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM CPU peer")
     ap.add_argument("--vllm-dtype", default="bfloat16", help="vLLM's dtype (its CPU default is bfloat16)")
     ap.add_argument("--vllm-timeout", type=int, default=300, help="seconds for the vLLM peer, start-up included")
@@ -229,7 +231,7 @@ def main() -> None:
 
     convs = load_convs(args.prompts)
     auto, auto_why = auto_cpu_dtype()  # what a user gets by default: bf16 only where it pays off
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=1.0, seed=0)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=0)
     # GEMM and bandwidth readings before and after the runs, the best of both: a slow
     # moment on a shared machine should not lower the bar.
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -264,6 +266,7 @@ def main() -> None:
         "params": roof_backend.parameter_count,
         "prompts": len(convs),
         "max_new_tokens": args.max_new_tokens,
+        "top_p": args.top_p,
         "batch_size": args.batch_size,
         "dtype_auto_here": auto,
         "dtype_auto_why": auto_why,

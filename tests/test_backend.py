@@ -255,3 +255,28 @@ def test_growing_layer_sized_to_the_expected_length_never_reallocates():
     assert torch.equal(keys[:, :, :10], k) and torch.equal(keys[:, :, -1:], step)
     layer.update(step, step.clone())  # past the expected length: the buffer grows
     assert layer._k.shape[-2] >= 51 and layer.get_seq_length() == 51
+
+
+def test_top_p_beyond_the_candidates_falls_back_to_the_full_sort():
+    """A flat row's nucleus is wider than the 128 candidates: it must still be the whole nucleus."""
+    import torch
+
+    from cai.backends.sampling import _NUCLEUS_CANDIDATES
+    from cai.backends.transformers import sample_next
+
+    vocab = 1000
+    flat = torch.zeros(vocab)
+    peaked = torch.full((vocab,), -30.0)
+    peaked[[5, 900]] = torch.tensor([0.0, -0.4]).float()  # mass 0.6 / 0.4
+    logits = torch.stack([flat, peaked]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(2)
+    drawn = sample_next(logits, 1.0, 0.5, g).view(20000, 2)
+    flat_draws, peaked_draws = drawn[:, 0], drawn[:, 1]
+    # flat: the nucleus is 500 tokens (ties in any order), far more than the candidates
+    assert flat_draws.unique().numel() > 3 * _NUCLEUS_CANDIDATES
+    assert (torch.bincount(flat_draws, minlength=vocab) > 0).sum() <= 501
+    # peaked: top_p 0.5 keeps only the top token (mass before it is 0, before the next 0.6 > 0.5)
+    assert peaked_draws.eq(5).all()
+    drawn = sample_next(logits[1::2], 1.0, 0.7, g)  # 0.6 < 0.7: both tokens, at 0.6 : 0.4
+    assert set(drawn.unique().tolist()) == {5, 900}
+    assert abs(drawn.eq(5).float().mean().item() - 0.6) < 0.015
