@@ -77,13 +77,17 @@ class TransformersBackend:
         self.chat = ChatEncoder(self.tokenizer, FALLBACK_CHAT_TEMPLATE if self._uses_fallback_template else None)
         #: counted before any layer swap below (swapped weights are no longer parameters)
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
+        #: hold a prompt prefix that every row of a batch shares once in the KV cache (kv_cache.share_prefix)
+        self._share_prefixes = False
         if self.loaded.device == "cpu":
             keep_freed_memory()
             if not isinstance(model, LoadedModel):
                 # Only a model this backend loaded itself: a caller's model may be trained later.
                 use_onednn_linears(self.model, rows=batch_size)
                 if os.environ.get("CAI_DECODE_ATTENTION", "1") != "0":
-                    use_decode_attention(self.model)
+                    # the shared-prefix cache needs a reader that knows it: decode attention
+                    self._share_prefixes = use_decode_attention(self.model) and \
+                        os.environ.get("CAI_SHARED_PREFIX_KV", "1") != "0"
 
     # --- protocol ------------------------------------------------------------------
 
@@ -261,7 +265,7 @@ class TransformersBackend:
         attention mask over the cache (with holes where stages were padded) and each
         row's last position id. ``room``: tokens the caller will append (buffer headroom).
         """
-        from cai.backends.kv_cache import growing_cache, is_growing
+        from cai.backends.kv_cache import growing_cache, is_growing, share_prefix
 
         config = self.model.config
         stages = plan_prefill(seqs) if self.prefix_sharing else [Stage("rows", None, seqs)]
@@ -270,9 +274,12 @@ class TransformersBackend:
         cache = growing_cache(config, expect)
         mask = None
         *before, final = stages
-        for stage in before:
+        for n, stage in enumerate(before):
             cache, mask = self._expand(cache, mask, stage.parents)
             _, mask, _ = self._forward_stage(stage.tokens, cache, mask)
+            if n == 0 and len(stage.tokens) == 1 and self._share_prefixes:
+                # every later row continues this one: its KV is held once, not copied per row
+                share_prefix(cache)
         chunks = split_by_width([len(t) for t in final.tokens], CHUNK_OVERHEAD)
         if len(chunks) > 1 and is_growing(cache):
             return self._prefill_chunks(final, chunks, cache, mask, room, expect)
