@@ -54,28 +54,59 @@ def decode_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         key, value = full_keys(key, value)
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    kv_heads, length, capacity = key.shape[1], key.shape[2], k_buf.shape[2]
-    groups = heads // kv_heads
-    rows = batch * kv_heads
     pk, pv = getattr(key, "cai_prefix", None), getattr(value, "cai_prefix", None)
     shared = 0 if pk is None or pv is None else pk.shape[2]
+    length, capacity = key.shape[2], k_buf.shape[2]
+    mask = _mask_over(attention_mask, batch, shared + length, shared + capacity, query.device)
+    out = attend(query.reshape(batch, heads, dim), k_buf, v_buf, None if not shared else (pk, pv), mask,
+                 dim**-0.5 if scaling is None else scaling)
+    return out.reshape(batch, 1, heads, dim), None
+
+
+def attend(query: Any, k_buf: Any, v_buf: Any, prefix: tuple[Any, Any] | None, mask: Any, scaling: float) -> Any:
+    """One query per row over a whole KV buffer (and a prefix held once); returns ``[batch, heads, dim]``.
+
+    ``query`` ``[batch, heads, dim]``; ``k_buf``/``v_buf`` ``[batch, kv_heads, capacity, dim]``
+    (zeros past the filled length); ``prefix`` the shared prefix's (keys, values)
+    ``[1, kv_heads, P, dim]`` or None; ``mask`` additive fp32, broadcastable to
+    ``[batch, 1, 1, P + capacity]`` (``additive_mask``). Shared by the attention function
+    above and the lean decode step (backends/llama_step.py).
+    """
+    import torch
+
+    batch, heads, dim = query.shape
+    kv_heads, capacity = k_buf.shape[1], k_buf.shape[2]
+    groups = heads // kv_heads
+    rows = batch * kv_heads
+    shared = 0 if prefix is None else prefix[0].shape[2]
     # query head h reads KV head h // groups (transformers' repeat_kv): groups queries per KV head
     q = query.reshape(rows, groups, dim)
     scores = torch.bmm(q, k_buf.view(rows, capacity, dim).transpose(1, 2)).view(batch, kv_heads, groups, capacity)
     if shared:
+        pk, pv = prefix
         # the prefix once for every row: one product per KV head over all rows' queries
         q_heads = query.reshape(batch, kv_heads, groups, dim).transpose(0, 1).reshape(kv_heads, batch * groups, dim)
         first = torch.bmm(q_heads, pk[0].transpose(1, 2)).view(kv_heads, batch, groups, shared).permute(1, 0, 2, 3)
         scores = torch.cat([first, scores], dim=-1)
-    scores = scores.float().mul_(dim**-0.5 if scaling is None else scaling)
-    scores.add_(_mask_over(attention_mask, batch, shared + length, shared + capacity, query.device))
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    scores = scores.float().mul_(scaling)
+    scores.add_(mask)
+    probs = torch.softmax(scores, dim=-1).to(v_buf.dtype)
     own = probs[..., shared:].reshape(rows, groups, capacity)
-    out = torch.bmm(own, v_buf.view(rows, capacity, dim)).view(batch, kv_heads, groups, dim)  # [rows, groups, dim]
+    out = torch.bmm(own, v_buf.view(rows, capacity, dim)).view(batch, kv_heads, groups, dim)
     if shared:
         lead = probs[..., :shared].permute(1, 0, 2, 3).reshape(kv_heads, batch * groups, shared)
         out = out + torch.bmm(lead, pv[0]).view(kv_heads, batch, groups, dim).permute(1, 0, 2, 3)
-    return out.reshape(batch, 1, heads, dim), None
+    return out.reshape(batch, heads, dim)
+
+
+def additive_mask(mask: Any, length: int, capacity: int) -> Any:
+    """``[batch, 1, 1, capacity]`` fp32: 0 where the bool ``mask`` ``[batch, length]`` attends, -inf elsewhere and past ``length``."""
+    import torch
+
+    batch = mask.shape[0]
+    out = torch.full((batch, 1, 1, capacity), float("-inf"), device=mask.device)
+    out[..., :length].masked_fill_(mask.reshape(batch, 1, 1, length), 0.0)
+    return out
 
 
 def _mask_over(mask: Any, batch: int, length: int, capacity: int, device: Any) -> Any:

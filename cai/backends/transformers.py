@@ -15,8 +15,9 @@ from cai.backends.base import (
 )
 from cai.backends.chat import FALLBACK_CHAT_TEMPLATE, ChatEncoder, RenderedChat  # noqa: F401 (re-exported)
 from cai.backends.decode_attention import use_decode_attention
+from cai.backends.llama_step import LeanLlamaDecode, lean_decoder
 from cai.backends.onednn import use_onednn_linears
-from cai.backends.kv_cache import cache_keyword
+from cai.backends.kv_cache import cache_keyword, is_growing
 from cai.backends.precision import (  # noqa: F401 (choose_dtype re-exported)
     PreciseHeadBase, choose_dtype, precise_logits, use_bf16_with_fp32_logits,
 )
@@ -79,6 +80,8 @@ class TransformersBackend:
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
         #: hold a prompt prefix that every row of a batch shares once in the KV cache (kv_cache.share_prefix)
         self._share_prefixes = False
+        #: the lean decode step (backends/llama_step.py), where it applies
+        self._lean: LeanLlamaDecode | None = None
         if self.loaded.device == "cpu":
             keep_freed_memory()
             if not isinstance(model, LoadedModel):
@@ -88,6 +91,9 @@ class TransformersBackend:
                     # the shared-prefix cache needs a reader that knows it: decode attention
                     self._share_prefixes = use_decode_attention(self.model) and \
                         os.environ.get("CAI_SHARED_PREFIX_KV", "1") != "0"
+                    if os.environ.get("CAI_LEAN_DECODE", "1") != "0":
+                        # a Llama-shaped model's decode step without transformers' per-layer plumbing
+                        self._lean = lean_decoder(self.model)
 
     # --- protocol ------------------------------------------------------------------
 
@@ -358,6 +364,7 @@ class TransformersBackend:
         sample = bool(params.temperature and params.temperature > 0)
         with torch.inference_mode():
             cache, logits, attention, last = self._prefill(seqs, room=params.max_new_tokens)
+            lean = self._lean if self._lean is not None and is_growing(cache) else None
             finished = torch.zeros(n, dtype=torch.bool, device=model.device)
             for step in range(params.max_new_tokens):
                 nxt = sample_next(logits, params.temperature, params.top_p, generator) if sample \
@@ -380,8 +387,11 @@ class TransformersBackend:
                     finished = finished[keep]
                 attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
                 last = last + 1
-                logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last[:, None],
-                               **{self._cache_kw: cache}, use_cache=True).logits[:, -1, :]
+                if lean is not None:
+                    logits = lean.step(nxt, last, attention, cache)
+                else:
+                    logits = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last[:, None],
+                                   **{self._cache_kw: cache}, use_cache=True).logits[:, -1, :]
         return outputs
 
     def _eos_ids(self) -> set[int]:
