@@ -1,7 +1,7 @@
 """Where a generate call's time goes: torch.profiler over cai's decode loop, grouped by what the op is.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/profile_decode.py [--prompts 128] [--max-new-tokens 64]
-                                                                     [--dtype bfloat16] [--top 25]
+                                                                     [--dtype bfloat16] [--top 25] [--top-p 1.0]
 
 Runs the workload of benchmarks/generation.py (distinct example prompts, one batch,
 temperature 0.7) once untimed, then once under torch.profiler, and prints:
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (the stages default to 0.95)")
     args = ap.parse_args()
 
     import torch
@@ -66,7 +67,7 @@ def main() -> None:
     from generation import load_convs
 
     convs = load_convs(args.prompts)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=1.0, seed=0)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=args.top_p, seed=0)
     backend = TransformersBackend("smollm2-135m", batch_size=args.batch_size, device="cpu", dtype=args.dtype,
                                   progress=False)
     backend.generate(convs, params)  # one-off costs (heap growth, kernel selection) outside the profile
