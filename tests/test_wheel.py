@@ -112,3 +112,8 @@ def test_wheel_ships_constitutions_and_prompts(installed):
     assert "harmless" in out[0] and "hhh" in out[0]
     assert "initial_response.jinja" in out[1]
     assert out[2] == "hi"
+
+
+def test_wheel_ships_the_cpu_kernel_source(installed):
+    code = "from cai.backends.cpu_kernels import SOURCE; print(SOURCE.is_file(), SOURCE.name)"
+    assert _run(installed, installed["py"], "-c", code).split() == ["True", "decode_attention.cpp"]

@@ -77,6 +77,23 @@ def attend(query: Any, k_buf: Any, v_buf: Any, prefix: tuple[Any, Any] | None, m
     batch, heads, dim = query.shape
     kv_heads, capacity = k_buf.shape[1], k_buf.shape[2]
     groups = heads // kv_heads
+    kernel = _kernel(query, k_buf, v_buf, prefix, groups)
+    positions = capacity + (0 if prefix is None else prefix[0].shape[2])
+    if kernel is not None and mask.numel() == batch * positions:
+        # cai's AVX-512 loops (csrc/decode_attention.cpp): fp32 scores and weights, the free tail unread
+        pk, pv = prefix if prefix is not None else (None, None)
+        scores = kernel.decode_scores(query.contiguous(), k_buf, pk, mask.reshape(batch, -1).contiguous(), scaling)
+        return kernel.decode_values(torch.softmax(scores, dim=-1), v_buf, pv)
+    return attend_bmm(query, k_buf, v_buf, prefix, mask, scaling)
+
+
+def attend_bmm(query: Any, k_buf: Any, v_buf: Any, prefix: tuple[Any, Any] | None, mask: Any, scaling: float) -> Any:
+    """``attend`` in torch ops: two ``bmm`` (four with a prefix) with an fp32 softmax between them."""
+    import torch
+
+    batch, heads, dim = query.shape
+    kv_heads, capacity = k_buf.shape[1], k_buf.shape[2]
+    groups = heads // kv_heads
     rows = batch * kv_heads
     shared = 0 if prefix is None else prefix[0].shape[2]
     # query head h reads KV head h // groups (transformers' repeat_kv): groups queries per KV head
@@ -97,6 +114,21 @@ def attend(query: Any, k_buf: Any, v_buf: Any, prefix: tuple[Any, Any] | None, m
         lead = probs[..., :shared].permute(1, 0, 2, 3).reshape(kv_heads, batch * groups, shared)
         out = out + torch.bmm(lead, pv[0]).view(kv_heads, batch, groups, dim).permute(1, 0, 2, 3)
     return out.reshape(batch, heads, dim)
+
+
+def _kernel(query: Any, k_buf: Any, v_buf: Any, prefix: tuple[Any, Any] | None, groups: int) -> Any | None:
+    """The compiled kernel where it applies to these tensors (backends/cpu_kernels.py), else None."""
+    import torch
+
+    if query.device.type != "cpu" or query.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    tensors = (k_buf, v_buf) if prefix is None else (k_buf, v_buf, *prefix)
+    if any(t.dtype != query.dtype or not t.is_contiguous() for t in tensors):
+        return None
+    from cai.backends.cpu_kernels import decode_attention_kernel
+
+    kernel = decode_attention_kernel()
+    return kernel if kernel is not None and kernel.supports(groups, query.shape[-1]) else None
 
 
 def additive_mask(mask: Any, length: int, capacity: int) -> Any:
