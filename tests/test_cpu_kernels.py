@@ -136,3 +136,14 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog, tmp_pat
         assert torch.equal(attend(q, k, v, pre, mask, 0.3), attend_bmm(q, k, v, pre, mask, 0.3))
     finally:
         cpu_kernels.decode_attention_kernel.cache_clear()
+
+
+def test_a_prefix_longer_than_the_rows_own_buffer_stays_on_the_bmm_path():
+    from cai.backends.decode_attention import attend, attend_bmm
+
+    _kernel()
+    # the bmm path multiplies a long prefix once for all rows; the kernel would read it per row
+    q, k, v, pre, mask = _case(torch.float32, capacity=21, length=13, prefix=30)
+    assert torch.equal(attend(q, k, v, pre, mask, 0.3), attend_bmm(q, k, v, pre, mask, 0.3))
+    q, k, v, pre, mask = _case(torch.float32, capacity=21, length=13, prefix=20)
+    assert not torch.equal(attend(q, k, v, pre, mask, 0.3), attend_bmm(q, k, v, pre, mask, 0.3))  # the kernel's sums
