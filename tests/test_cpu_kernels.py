@@ -128,8 +128,10 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog, tmp_pat
     try:
         with caplog.at_level(logging.WARNING, logger="cai.backends.cpu_kernels"):
             assert cpu_kernels.decode_attention_kernel() is None
-        assert [r.levelno for r in caplog.records] == [logging.WARNING]
-        assert "building decode_attention.cpp failed" in caplog.text
+        # the one-time "compiling" notice (nothing built in this cache yet), then the failure, once
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 2 and "compiling" in messages[0], messages
+        assert "building decode_attention.cpp failed" in messages[1]
         from cai.backends.decode_attention import attend, attend_bmm
 
         q, k, v, pre, mask = _case(torch.float32)

@@ -88,10 +88,14 @@ def decode_attention_kernel() -> Any | None:
     # one build per source, torch and CPU: -march=native code must not travel to another CPU
     key = hashlib.sha256(source + torch.__version__.encode() + " ".join(sorted(_cpu_flags())).encode()).hexdigest()[:12]
     build = cache_dir() / "kernels" / f"decode_attention-{key}"
-    log.info("cai CPU kernels: building decode attention (once per machine and torch version, ~30 s)")
+    name = f"cai_decode_attention_{key}"
+    if not (build / f"{name}.so").exists():
+        # a visible line (the CLI shows warnings by default): the first generate call pauses for it
+        log.warning("cai: compiling the CPU decode-attention kernel once for this machine (~30 s; "
+                    "CAI_CPU_KERNELS=0 skips it)")
     try:
         build.mkdir(parents=True, exist_ok=True)
-        module = load(name=f"cai_decode_attention_{key}", sources=[str(SOURCE)], build_directory=str(build),
+        module = load(name=name, sources=[str(SOURCE)], build_directory=str(build),
                       extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # noqa: BLE001 - any build failure means: use torch's ops
         log.warning("cai CPU kernels not used: building %s failed (%s: %s)", SOURCE.name, type(exc).__name__,
