@@ -38,13 +38,21 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPU_DTYPE_ENV = "CAI_CPU_DTYPE"
 
 
-def cpu_bf16_features(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The native-bf16 flags this CPU reports (empty off Linux or without them)."""
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The feature flags this CPU reports (empty off Linux)."""
     try:
-        words = set(Path(cpuinfo).read_text(encoding="utf-8", errors="replace").split())
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return set()
-    return {f for f in NATIVE_BF16_FLAGS if f in words}
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_bf16_features(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The native-bf16 flags this CPU reports (empty off Linux or without them)."""
+    return cpu_flags(cpuinfo) & set(NATIVE_BF16_FLAGS)
 
 
 def time_gemms(shapes: tuple[tuple[int, int, int], ...] = TIMED_SHAPES, reps: int = 5) -> dict[str, float]:

@@ -149,3 +149,30 @@ def test_a_prefix_longer_than_the_rows_own_buffer_stays_on_the_bmm_path():
     assert torch.equal(attend(q, k, v, pre, mask, 0.3), attend_bmm(q, k, v, pre, mask, 0.3))
     q, k, v, pre, mask = _case(torch.float32, capacity=21, length=13, prefix=20)
     assert not torch.equal(attend(q, k, v, pre, mask, 0.3), attend_bmm(q, k, v, pre, mask, 0.3))  # the kernel's sums
+
+
+def test_no_compiler_or_ninja_is_a_reason_not_an_error(monkeypatch, tmp_path):
+    import shutil
+    import sys
+
+    import torch.utils.cpp_extension as ext
+
+    from cai.backends import cpu_kernels
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    monkeypatch.setattr(cpu_kernels, "CPUINFO", fake)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert cpu_kernels.why_not() == "no C++ compiler (c++ or g++ on PATH, or CXX)"
+    monkeypatch.setenv("CXX", "/usr/bin/g++")
+    monkeypatch.setattr(ext, "is_ninja_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "ninja", None)  # the wheel is not installed either
+    assert cpu_kernels.why_not() == "ninja is not installed (pip install ninja)"
+    # and the kernel is then simply not there: callers take the bmm path
+    cpu_kernels.decode_attention_kernel.cache_clear()
+    try:
+        assert cpu_kernels.decode_attention_kernel() is None
+    finally:
+        cpu_kernels.decode_attention_kernel.cache_clear()

@@ -30,16 +30,10 @@ REQUIRED_FLAGS = ("avx512f",)
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def _cpu_flags(cpuinfo: str | Path | None = None) -> set[str]:
-    cpuinfo = CPUINFO if cpuinfo is None else cpuinfo
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+def _cpu_flags() -> set[str]:
+    from cai.hardware import cpu_flags
+
+    return cpu_flags(CPUINFO)
 
 
 def why_not() -> str | None:

@@ -161,11 +161,9 @@ def _mask_over(mask: Any, batch: int, length: int, capacity: int, device: Any) -
     # the same mask object (kept alive here, so its identity cannot be reused) for the same shape
     if memo_out is not None and memo_mask is mask and memo_key == key:
         return memo_out
-    out = torch.full((batch, 1, 1, capacity), float("-inf"), device=device)
-    if mask is None:
-        out[..., :length] = 0.0
-    else:
-        out[..., :length].masked_fill_(mask.reshape(-1, 1, 1, length).expand(batch, 1, 1, length), 0.0)
+    attends = torch.ones((batch, length), dtype=torch.bool, device=device) if mask is None \
+        else mask.reshape(-1, length).expand(batch, length)
+    out = additive_mask(attends, length, capacity)
     _extended[:] = [mask, key, out]
     return out
 

@@ -55,6 +55,14 @@ inline void prefetch_row(const T* p, int D) {
   for (int off = 0; off < D * int(sizeof(T)); off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
 }
 
+// f(r, b, h) for every row r = b * KVH + h (a batch row and one of its KV heads), rows split over threads
+template <typename F>
+void for_each_row(int64_t B, int64_t KVH, const F& f) {
+  at::parallel_for(0, B * KVH, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) f(r, r / KVH, r % KVH);
+  });
+}
+
 // scores[b, h, g, j] = scaling * q[b, h*G+g] . key_j + mask[b, j]; key_j is prefix row j (j < P) or
 // the row's own buffer row j - P. Positions after the last one the mask attends are not read.
 template <typename T, int G, int D>
@@ -62,45 +70,42 @@ void scores_impl(const T* q, const T* kb, const T* pk, const float* mask, float*
                  int64_t B, int64_t KVH, int64_t CAP, int64_t P, float scaling) {
   constexpr int C = D / 16;
   const int64_t L = P + CAP;
-  at::parallel_for(0, B * KVH, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / KVH, h = r % KVH;
-      __m512 qv[G][C];
-      for (int g = 0; g < G; ++g)
-        for (int c = 0; c < C; ++c) qv[g][c] = load16(q + (r * G + g) * D + c * 16);
-      const float* m = mask + b * L;
-      float* o = out + r * G * L;
-      int64_t last = L;
-      while (last > 0 && m[last - 1] == -INFINITY) --last;
-      for (int64_t j = last; j < L; ++j)
-        for (int g = 0; g < G; ++g) o[g * L + j] = -INFINITY;
-      int64_t j = 0;
-      for (; j + 4 <= last; j += 4) {
-        __m512 k[4][C];
-        for (int t = 0; t < 4; ++t) {
-          const T* kr = row_at<T, D>(kb, pk, b, h, j + t, KVH, CAP, P);
-          prefetch_row(kr, D);
-          for (int c = 0; c < C; ++c) k[t][c] = load16(kr + c * 16);
-        }
-        const __m128 mk = _mm_loadu_ps(m + j);
-        for (int g = 0; g < G; ++g) {
-          __m512 a[4];
-          for (int t = 0; t < 4; ++t) {
-            a[t] = _mm512_mul_ps(qv[g][0], k[t][0]);
-            for (int c = 1; c < C; ++c) a[t] = _mm512_fmadd_ps(qv[g][c], k[t][c], a[t]);
-          }
-          _mm_storeu_ps(o + g * L + j, _mm_add_ps(_mm_mul_ps(sum4(a[0], a[1], a[2], a[3]), _mm_set1_ps(scaling)), mk));
-        }
+  for_each_row(B, KVH, [&](int64_t r, int64_t b, int64_t h) {
+    __m512 qv[G][C];
+    for (int g = 0; g < G; ++g)
+      for (int c = 0; c < C; ++c) qv[g][c] = load16(q + (r * G + g) * D + c * 16);
+    const float* m = mask + b * L;
+    float* o = out + r * G * L;
+    int64_t last = L;
+    while (last > 0 && m[last - 1] == -INFINITY) --last;
+    for (int64_t j = last; j < L; ++j)
+      for (int g = 0; g < G; ++g) o[g * L + j] = -INFINITY;
+    int64_t j = 0;
+    for (; j + 4 <= last; j += 4) {
+      __m512 k[4][C];
+      for (int t = 0; t < 4; ++t) {
+        const T* kr = row_at<T, D>(kb, pk, b, h, j + t, KVH, CAP, P);
+        prefetch_row(kr, D);
+        for (int c = 0; c < C; ++c) k[t][c] = load16(kr + c * 16);
       }
-      for (; j < last; ++j) {
-        const T* kr = row_at<T, D>(kb, pk, b, h, j, KVH, CAP, P);
-        __m512 k[C];
-        for (int c = 0; c < C; ++c) k[c] = load16(kr + c * 16);
-        for (int g = 0; g < G; ++g) {
-          __m512 a = _mm512_mul_ps(qv[g][0], k[0]);
-          for (int c = 1; c < C; ++c) a = _mm512_fmadd_ps(qv[g][c], k[c], a);
-          o[g * L + j] = _mm512_reduce_add_ps(a) * scaling + m[j];
+      const __m128 mk = _mm_loadu_ps(m + j);
+      for (int g = 0; g < G; ++g) {
+        __m512 a[4];
+        for (int t = 0; t < 4; ++t) {
+          a[t] = _mm512_mul_ps(qv[g][0], k[t][0]);
+          for (int c = 1; c < C; ++c) a[t] = _mm512_fmadd_ps(qv[g][c], k[t][c], a[t]);
         }
+        _mm_storeu_ps(o + g * L + j, _mm_add_ps(_mm_mul_ps(sum4(a[0], a[1], a[2], a[3]), _mm_set1_ps(scaling)), mk));
+      }
+    }
+    for (; j < last; ++j) {
+      const T* kr = row_at<T, D>(kb, pk, b, h, j, KVH, CAP, P);
+      __m512 k[C];
+      for (int c = 0; c < C; ++c) k[c] = load16(kr + c * 16);
+      for (int g = 0; g < G; ++g) {
+        __m512 a = _mm512_mul_ps(qv[g][0], k[0]);
+        for (int c = 1; c < C; ++c) a = _mm512_fmadd_ps(qv[g][c], k[c], a);
+        o[g * L + j] = _mm512_reduce_add_ps(a) * scaling + m[j];
       }
     }
   });
@@ -112,31 +117,28 @@ template <typename T, int G, int D>
 void values_impl(const float* p, const T* vb, const T* pv, T* out, int64_t B, int64_t KVH, int64_t CAP, int64_t P) {
   constexpr int C = D / 16;
   const int64_t L = P + CAP;
-  at::parallel_for(0, B * KVH, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / KVH, h = r % KVH;
-      __m512 acc[G][C];
-      for (int g = 0; g < G; ++g)
-        for (int c = 0; c < C; ++c) acc[g][c] = _mm512_setzero_ps();
-      const float* w = p + r * G * L;
-      for (int64_t j = 0; j < L; ++j) {
-        bool any = false;
-        for (int g = 0; g < G; ++g) any |= w[g * L + j] != 0.f;
-        if (!any) continue;
-        const T* v = row_at<T, D>(vb, pv, b, h, j, KVH, CAP, P);
-        prefetch_row(v, D);
-        __m512 x[C];
-        for (int c = 0; c < C; ++c) x[c] = load16(v + c * 16);
-        for (int g = 0; g < G; ++g) {
-          const __m512 wg = _mm512_set1_ps(w[g * L + j]);
-          for (int c = 0; c < C; ++c) acc[g][c] = _mm512_fmadd_ps(wg, x[c], acc[g][c]);
-        }
-      }
+  for_each_row(B, KVH, [&](int64_t r, int64_t b, int64_t h) {
+    __m512 acc[G][C];
+    for (int g = 0; g < G; ++g)
+      for (int c = 0; c < C; ++c) acc[g][c] = _mm512_setzero_ps();
+    const float* w = p + r * G * L;
+    for (int64_t j = 0; j < L; ++j) {
+      bool any = false;
+      for (int g = 0; g < G; ++g) any |= w[g * L + j] != 0.f;
+      if (!any) continue;
+      const T* v = row_at<T, D>(vb, pv, b, h, j, KVH, CAP, P);
+      prefetch_row(v, D);
+      __m512 x[C];
+      for (int c = 0; c < C; ++c) x[c] = load16(v + c * 16);
       for (int g = 0; g < G; ++g) {
-        alignas(64) float a[D];
-        for (int c = 0; c < C; ++c) _mm512_store_ps(a + c * 16, acc[g][c]);
-        store_row(out + (r * G + g) * D, a, D);
+        const __m512 wg = _mm512_set1_ps(w[g * L + j]);
+        for (int c = 0; c < C; ++c) acc[g][c] = _mm512_fmadd_ps(wg, x[c], acc[g][c]);
       }
+    }
+    for (int g = 0; g < G; ++g) {
+      alignas(64) float a[D];
+      for (int c = 0; c < C; ++c) _mm512_store_ps(a + c * 16, acc[g][c]);
+      store_row(out + (r * G + g) * D, a, D);
     }
   });
 }
