@@ -61,3 +61,42 @@ def test_threshold_and_explicit_choice(tmp_path):
     c = ctx(tmp_path, ["distill", "sft", "dpo"], label_source="judge")
     with pytest.raises(UserInputError, match="needs the preferences stage"):
         choose(c, c.section)
+
+
+def _with_pair_check(c: StageContext, rates: dict[str, float], consistency: float | None) -> StageContext:
+    """The preferences stage's pair-set measurement, as the manifest records it."""
+    from cai.rounds.manifest import RunManifest
+
+    check = {"directions": {d: {"rate": r, "k": int(r * 80), "n": 80} for d, r in rates.items()},
+             "position_consistency": consistency}
+    RunManifest(c.res.dir).update("round-1/preferences", status="complete", summary={"labeller_check": check})
+    return c
+
+
+def test_a_labeller_that_prefers_refusals_everywhere_is_not_trusted(tmp_path):
+    """High consistency and one perfect direction are not enough: every direction must pass."""
+    c = _with_pair_check(ctx(tmp_path, FULL, consistency=0.95),
+                         {"refusal": 1.0, "answer": 0.05, "quality": 0.5}, consistency=0.95)
+    source, _, why = choose(c, c.section)
+    assert source == "contrastive"
+    assert "answer 0.05" in why and "weakest 0.05 < 0.75" in why
+
+
+def test_a_labeller_that_passes_every_direction_labels_the_round(tmp_path):
+    c = _with_pair_check(ctx(tmp_path, FULL), {"refusal": 0.9, "answer": 0.85, "quality": 0.8}, consistency=0.7)
+    source, data, why = choose(c, c.section)
+    assert source == "judge" and data.name == "preferences"
+    assert "weakest 0.80 >= 0.75" in why and "position consistency 0.70 >= 0.6" in why
+
+
+def test_pair_set_agreement_without_consistency_still_gates(tmp_path):
+    """Every direction passes, but the two orders disagree: the labels are still not trusted."""
+    c = _with_pair_check(ctx(tmp_path, FULL), {"refusal": 0.9, "answer": 0.9, "quality": 0.9}, consistency=0.3)
+    source, _, why = choose(c, c.section)
+    assert source == "contrastive" and "position consistency 0.30 < 0.6" in why
+
+
+def test_without_a_pair_set_the_reason_says_so(tmp_path):
+    c = ctx(tmp_path, FULL, consistency=0.8)
+    source, _, why = choose(c, c.section)
+    assert source == "judge" and "no labelled pair set" in why

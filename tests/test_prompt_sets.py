@@ -163,3 +163,16 @@ def test_no_eval_prompt_is_a_near_duplicate_of_a_training_prompt(train_embedding
     vecs, texts = train_embeddings
     held_out = [r.text for w in EVAL for r in _records(w)]
     assert _leaks(held_out, vecs, texts) == []
+
+
+def test_no_labelled_pair_prompt_is_a_near_duplicate_of_a_training_or_eval_prompt(train_embeddings) -> None:
+    """The pair set measures labellers; a prompt close to one trained or evaluated on would leak."""
+    import torch
+
+    from cai.embeddings import embed
+    from cai.labelled_pairs import load_labelled_pairs
+
+    vecs, texts = train_embeddings
+    eval_texts = [r.text for w in EVAL for r in _records(w)]
+    pairs = load_labelled_pairs(PROMPTS.parent / "labelled_pairs.jsonl")
+    assert _leaks([p.prompt for p in pairs], torch.cat([vecs, embed(eval_texts)]), texts + eval_texts) == []

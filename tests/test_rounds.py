@@ -23,8 +23,8 @@ name: tiny
 rounds: {rounds}
 chunk_size: 2
 constitution: {constitution}
-models: {{policy: {model}, batch_size: 8}}
-prompts: {{red_team: {red}, helpful: {helpful}, held_out: 2, per_round: 6}}
+models: {{policy: {model}, feedback: policy, batch_size: 8}}
+prompts: {{red_team: {red}, helpful: {helpful}, held_out: 2, per_round: 6, labelled_pairs: {pairs}}}
 stages:
   revisions: {{response: {{max_new_tokens: 8}}, critique: {{max_new_tokens: 8}}, revision: {{max_new_tokens: 8}},
               gates: {{exemplar_overlap: null, prompt_overlap: false}}}}
@@ -33,13 +33,14 @@ stages:
   preferences: {{max_new_tokens: 8}}
   reward: {{config: {{max_steps: 1, max_length: 256}}}}
   rl: {{config: {{total_episodes: 4, per_device_train_batch_size: 2, response_length: 8, num_ppo_epochs: 1}}}}
-  eval: {{max_new_tokens: 8}}
+  eval: {{max_new_tokens: 8, labeller_signals: [judge, loglik, implicit]}}
 """
 
 
 def write_config(path: Path, model: Path, rounds: int = 2, **changes: str) -> Path:
     text = CONFIG.format(rounds=rounds, model=model, constitution=ROOT / "tests/fixtures/tiny_constitution.yaml",
-                         red=ROOT / "examples/prompts/red_team.jsonl", helpful=ROOT / "examples/prompts/helpful.jsonl")
+                         red=ROOT / "examples/prompts/red_team.jsonl", helpful=ROOT / "examples/prompts/helpful.jsonl",
+                         pairs=ROOT / "tests/fixtures/labelled_pairs.jsonl")
     for old, new in changes.items():
         text = text.replace(old, new)
     path.write_text(text)
@@ -155,7 +156,7 @@ def test_config_typo_fails_before_any_model_loads(tmp_path):
 def test_keep_samples_false_two_rounds_and_a_short_pipeline(tmp_path, tiny_model_dir):
     """keep_samples: false over two rounds once raised KeyError; a pipeline without RL ends at SFT."""
     cfg = write_config(tmp_path / "run.yaml", tiny_model_dir,
-                       **{"eval: {max_new_tokens: 8}": "eval: {max_new_tokens: 8, keep_samples: false}",
+                       **{"eval: {max_new_tokens: 8,": "eval: {max_new_tokens: 8, keep_samples: false,",
                           "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\nstages:\n"})
     assert "keep_samples: false" in cfg.read_text()
     out = tmp_path / "run"
@@ -199,3 +200,40 @@ def test_status_json_is_a_stable_machine_readable_contract(two_rounds):
     out = m["outcome"]["round-2"]
     assert {"red_team_refusal", "benign_refusal", "benign_look_unsafe_refusal", "benign_distinct_2"} <= set(out)
     assert out["red_team_refusal"]["n"] == 2 and 0 <= out["red_team_refusal"]["low"] <= out["red_team_refusal"]["high"]
+
+
+def test_feedback_model_follows_the_policy_and_is_measured_each_round(two_rounds):
+    """feedback: policy: round 2 labels and judges with round 1's final model, and every round says so."""
+    run_dir, _ = two_rounds
+    data = json.loads(CliRunner().invoke(cli, ["status", str(run_dir), "--json"]).output)
+    r1, r2 = (x["metrics"] for x in data["rounds"])
+    assert r1["feedback_model"] != r2["feedback_model"]
+    assert r2["feedback_model"] == str(run_dir / "round-1" / "rl")
+    manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert manifest["round-2/preferences"]["summary"]["feedback_model"] == str(run_dir / "round-1" / "rl")
+    assert read_meta(run_dir / "round-2" / "preferences")["summary"]["feedback_model"] == str(run_dir / "round-1" / "rl")
+    # The labeller is measured on the pair set before it labels, and the choice of source reads it.
+    check = manifest["round-2/preferences"]["summary"]["labeller_check"]
+    assert set(check["directions"]) == {"refusal", "answer", "quality"} and check["pairs"] == 6
+    why = manifest["round-2/reward"]["summary"]["label_source_why"]
+    assert "labeller agreement with the labelled pairs" in why
+    # eval: round 0's model and the round's new one, each signal; the implicit reward only against round 0.
+    checks = r2["labeller_check"]
+    assert set(checks) == {"round-0", "round-2"}
+    assert set(checks["round-0"]) == {"judge", "loglik"} and set(checks["round-2"]) == {"judge", "loglik", "implicit"}
+    for fig in checks["round-2"].values():
+        assert {d: v["n"] for d, v in fig["directions"].items()} == {"refusal": 2, "answer": 2, "quality": 2}
+
+
+def test_a_fixed_feedback_model_does_not_make_round_two_read_round_one(tmp_path, tiny_model_dir):
+    from cai.rounds import load_run_config
+    from cai.rounds.runner import Run
+    from cai.rounds.spec import get_stage
+
+    follow = Run(load_run_config(write_config(tmp_path / "a.yaml", tiny_model_dir)), tmp_path / "a")
+    fixed = Run(load_run_config(write_config(tmp_path / "b.yaml", tiny_model_dir,
+                                             **{"feedback: policy": f"feedback: {tiny_model_dir}"})), tmp_path / "b")
+    # eval reads the round's policy anyway; rl reads the feedback model only through models.feedback.
+    assert "round-1/rl" in follow._upstream(2, get_stage("rl"))
+    assert "round-1/rl" not in fixed._upstream(2, get_stage("rl"))
+    assert follow._upstream(1, get_stage("rl")) == fixed._upstream(1, get_stage("rl"))

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai.backends.base import Backend, SamplingParams
 from cai.constitution import Constitution
@@ -69,6 +69,19 @@ class EvalConfig(BaseModel):
     reward_batch_size: int = Field(8, ge=1)
     #: Keep every prompt, response and verdict in the metrics (``samples``).
     keep_samples: bool = True
+    #: Feedback signals measured on the labelled pair set (``prompts.labelled_pairs``) for round 0's
+    #: model and the round's new one (the next round's feedback model with ``feedback: policy``).
+    labeller_signals: list[str] = Field(default_factory=lambda: ["judge"])
+
+    @field_validator("labeller_signals")
+    @classmethod
+    def _known_signals(cls, v: list[str]) -> list[str]:
+        from cai.evaluation.labeller import SIGNAL_NAMES
+
+        unknown = [s for s in v if s not in SIGNAL_NAMES]
+        if unknown:
+            raise ValueError(f"unknown signal {unknown[0]!r}; known: {', '.join(SIGNAL_NAMES)}")
+        return v
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,

@@ -24,7 +24,9 @@ class _Strict(BaseModel):
 
 class ModelsConfig(_Strict):
     policy: str = Field("smollm2-135m", description="Round 0 policy: embedded name, local dir or hub id.")
-    feedback: str | None = Field(None, description="Feedback (labeller/judge) model; default: the round 0 policy.")
+    feedback: str | None = Field(None, description=(
+        "Feedback model (the one that labels, critiques and judges): 'policy' = the policy round k starts "
+        "from (round k-1's final model: self-rewarding), a fixed model spec, or null = the round 0 policy."))
     backend: str = Field("transformers", description="Generation backend kind.")
     batch_size: int = Field(64, ge=1)
     device: str = "auto"
@@ -41,6 +43,9 @@ class PromptsConfig(_Strict):
     validation: int = Field(0, ge=0, description="Prompts per training set held out as a validation slice (seeded, "
                                                   "never trained on); eval reports the outcome on it too. Choose "
                                                   "settings on it, never on the eval sets.")
+    labelled_pairs: str | None = Field(None, description=(
+        "Pairs whose better response is known (examples/labelled_pairs.jsonl), never trained on: the "
+        "feedback model is measured on them per direction, and label_source: auto reads the figures."))
 
 
 class RunConfigBase(_Strict):
@@ -121,7 +126,8 @@ def load_run_config(path: str | Path, *, overrides: dict[str, Any] | None = None
     base = Path(path).resolve().parent
     p = cfg.prompts
     cfg.prompts = p.model_copy(update={k: _resolve_path(getattr(p, k), base)
-                                       for k in ("red_team", "helpful", "eval_red_team", "eval_helpful")})
+                                       for k in ("red_team", "helpful", "eval_red_team", "eval_helpful",
+                                                 "labelled_pairs")})
     if cfg.template_dir:
         cfg.template_dir = _resolve_path(cfg.template_dir, base)
     if Path(cfg.constitution).suffix and not Path(cfg.constitution).exists():
@@ -143,10 +149,17 @@ def check_run_config(cfg: RunConfigBase, *, source: str) -> None:
     constitution = load_constitution(cfg.constitution)
     templates = PromptTemplates(cfg.template_dir, constitution=constitution)
     templates.validate({n: TEMPLATE_VARIABLES[n] for n in names})
-    for name in ("red_team", "helpful", "eval_red_team", "eval_helpful"):
+    for name in ("red_team", "helpful", "eval_red_team", "eval_helpful", "labelled_pairs"):
         value = getattr(cfg.prompts, name)
         if value is not None and not Path(value).exists():
             raise UserInputError(f"{source}: prompts.{name}: {value} not found; fix the path")
+    if cfg.prompts.labelled_pairs:
+        from cai.labelled_pairs import load_labelled_pairs
+
+        try:
+            load_labelled_pairs(cfg.prompts.labelled_pairs)
+        except UserInputError as e:
+            raise UserInputError(f"{source}: prompts.labelled_pairs: {e}") from None
 
 
 def lookup(cfg: RunConfigBase, dotted: str) -> Any:

@@ -143,7 +143,20 @@ class StageContext:
 
     @property
     def feedback_spec(self) -> str:
-        return self.cfg.models.feedback or self.cfg.models.policy
+        """The feedback model of this round: its starting policy (``feedback: policy``), a fixed one, or round 0's."""
+        return feedback_spec(self.cfg, self.policy)
 
 
-__all__ = ["RunResources", "StageContext"]
+#: ``models.feedback`` value that makes each round's feedback model the policy it starts from.
+FOLLOW_POLICY = "policy"
+
+
+def feedback_spec(cfg: RunConfigBase, round_policy: str) -> str:
+    """The feedback model for a round that starts from ``round_policy``."""
+    feedback = cfg.models.feedback
+    if feedback == FOLLOW_POLICY:
+        return round_policy
+    return feedback or cfg.models.policy
+
+
+__all__ = ["RunResources", "StageContext", "FOLLOW_POLICY", "feedback_spec"]

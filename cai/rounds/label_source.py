@@ -1,9 +1,13 @@
 """Where a round's preference signal comes from, chosen by measurement (recorded in the summary).
 
-``auto``: the judge's labels when the round's labeller is informative (position
-consistency at or above ``min_position_consistency`` on its own pairs), else
-contrastive pairs, else revision ≻ initial pairs. A labeller at chance gives noise,
-and a reward model or DPO trained on noise does not make the policy better.
+``auto``: the judge's labels when the round's labeller is informative, else
+contrastive pairs, else revision ≻ initial pairs. Informative means, with a labelled
+pair set (``prompts.labelled_pairs``): agreement at or above ``min_agreement`` in
+*every* direction (refusal, answer, quality) and position consistency at or above
+``min_position_consistency``; a labeller that just prefers refusals passes one
+direction and fails another. Without a pair set only the position consistency on its
+own pairs is known, and that alone decides. A labeller at chance gives noise, and a
+reward model or DPO trained on noise does not make the policy better.
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ class LabelSourceChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label_source: Literal["auto", "judge", "contrastive", "revision"] = Field(
-        "auto", description="Which preference rows to train on; auto chooses by the labeller's position consistency.")
+        "auto", description="Which preference rows to train on; auto chooses by the labeller's agreement with "
+                            "the labelled pair set in every direction, and its position consistency.")
+    min_agreement: float = Field(
+        0.75, ge=0, le=1, description="auto: the judge's labels are used only if it agrees with the labelled "
+                                      "pair set at least this often in every direction.")
     min_position_consistency: float = Field(
         0.6, ge=0, le=1, description="auto: the judge's labels are used only at or above this consistency.")
 
@@ -40,9 +48,38 @@ def labeller_consistency(ctx: StageContext) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def labeller_check(ctx: StageContext) -> dict[str, Any] | None:
+    """The preferences stage's measurement of its labeller on the labelled pair set, if it made one."""
+    check = ctx.res.stage_summary(f"round-{ctx.k}/preferences").get("labeller_check")
+    return check if isinstance(check, dict) and check.get("directions") else None
+
+
+def _judge_verdict(check: dict[str, Any], section: LabelSourceChoice) -> tuple[bool, str]:
+    """Whether pair-set figures make the labeller informative, and the sentence that says why."""
+    rates = {d: v["rate"] for d, v in check["directions"].items()}
+    weakest = min(rates.values())
+    pc = check.get("position_consistency")
+    ok = weakest >= section.min_agreement and (pc is None or pc >= section.min_position_consistency)
+    figures = ", ".join(f"{d} {r:.2f}" for d, r in rates.items())
+    why = (f"labeller agreement with the labelled pairs {figures}: weakest {weakest:.2f} "
+           f"{'>=' if weakest >= section.min_agreement else '<'} {section.min_agreement}")
+    if pc is not None:
+        why += (f"; position consistency {pc:.2f} "
+                f"{'>=' if pc >= section.min_position_consistency else '<'} {section.min_position_consistency}")
+    return ok, why
+
+
 def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, str]:
     """(source, dataset dir, why) for this round."""
     present = {name: ctx.has_input(stage) for name, (stage, _) in SOURCES.items()}
+    check = labeller_check(ctx) if present["judge"] else None
+    if check is not None and section.label_source == "auto":
+        informative, reason = _judge_verdict(check, section)
+        fallback = next((s for s in ("contrastive", "revision") if present[s]), None)
+        source = "judge" if informative or fallback is None else fallback
+        why = reason + ("" if informative else (": its labels are not trusted" if fallback else
+                                                "; no other source in the pipeline, so the judge's labels are used anyway"))
+        return _located(ctx, source, why)
     consistency = labeller_consistency(ctx) if present["judge"] else None
     if section.label_source != "auto":
         source = section.label_source
@@ -65,6 +102,12 @@ def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, st
                f"< {section.min_position_consistency}: its labels are near chance")
         if source == "judge":
             why += "; no other source in the pipeline, so the judge's labels are used anyway"
+    if source == "judge" and section.label_source == "auto":
+        why += " (no labelled pair set: set prompts.labelled_pairs to measure agreement per direction)"
+    return _located(ctx, source, why)
+
+
+def _located(ctx: StageContext, source: str, why: str) -> tuple[str, Path, str]:
     stage, _ = SOURCES[source]
     if source == "revision":
         from cai.stages.revision_pairs import preference_view
@@ -80,4 +123,4 @@ def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:
 #: The stages a label-source choice may read (declared as optional inputs).
 OPTIONAL_INPUTS = tuple(stage for stage, _ in SOURCES.values())
 
-__all__ = ["LabelSourceChoice", "choose", "describe", "labeller_consistency", "OPTIONAL_INPUTS"]
+__all__ = ["LabelSourceChoice", "choose", "describe", "labeller_check", "labeller_consistency", "OPTIONAL_INPUTS"]

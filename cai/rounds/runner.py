@@ -19,7 +19,7 @@ import yaml
 from cai.data import stable_hash
 from cai.errors import UserInputError
 from cai.rounds.config import RunConfigBase, load_run_config, lookup
-from cai.rounds.context import RunResources, StageContext
+from cai.rounds.context import FOLLOW_POLICY, RunResources, StageContext
 from cai.rounds.manifest import MANIFEST, RunManifest
 from cai.rounds.spec import RoundStage, get_stage
 
@@ -78,7 +78,9 @@ class Run:
         names = [f"round-{k}/{s}" for s in (*stage.inputs, *optional)]
         if stage.reads_new_policy:
             names.append(f"round-{k}/{self.new_policy_stage(stage.name)}")
-        if stage.reads_policy and k > 1 and self.policy_stage:
+        follows = "models.feedback" in stage.uses and self.cfg.models.feedback == FOLLOW_POLICY
+        if (stage.reads_policy or follows) and k > 1 and self.policy_stage:
+            # feedback: policy makes round k's feedback model round k-1's output: an input like the policy.
             names.insert(0, f"round-{k - 1}/{self.policy_stage}")
         return names
 

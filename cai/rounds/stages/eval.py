@@ -44,6 +44,11 @@ class RoundMetrics:
     #: Per model: the same outcome figures on the validation slice of the training sets
     #: (``prompts.validation``; empty when off). Settings are chosen on these, never on ``outcome``.
     validation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The model that labelled, critiqued and judged in this round (``models.feedback``, resolved).
+    feedback_model: str = ""
+    #: Per model (round-0, round-k), per signal: agreement with the labelled pair set
+    #: (`cai.evaluation.labeller.agreement`); empty without ``prompts.labelled_pairs``.
+    labeller_check: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +59,7 @@ class RoundMetrics:
         return cls(win_rates=d.get("win_rates", {}), reward=d.get("reward", {}), samples=d.get("samples", []),
                    labeller=d.get("labeller", {}), outcome=d.get("outcome", {}),
                    label_sources=d.get("label_sources", {}), validation=d.get("validation", {}),
+                   feedback_model=d.get("feedback_model", ""), labeller_check=d.get("labeller_check", {}),
                    refusal={k: ModelFigures(**v) for k, v in d.get("refusal", {}).items()})
 
 
@@ -100,6 +106,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics.outcome = {name: outcome_figures(eval_red, eval_benign, by_id[name], confidence=e.confidence)
                        for name in per}
     metrics.validation = validation_outcome(ctx, models)
+    metrics.feedback_model = ctx.feedback_spec
+    metrics.labeller_check = labeller_check(ctx, {"round-0": models["round-0"], cand: models[cand]})
     for stage in ctx.cfg.pipeline:
         summary = ctx.res.stage_summary(f"round-{k}/{stage}")
         if summary and "label_source" in summary:
@@ -131,6 +139,32 @@ def validation_outcome(ctx: StageContext, models: dict[str, str]) -> dict[str, d
         responses = generate_for_sets(ctx.res.backend(spec), {"red_team": val_red, "benign": val_helpful},
                                       e.sampling(), templates=ctx.res.templates())
         out[name] = outcome_figures(val_red, val_helpful, responses, confidence=e.confidence)
+    return out
+
+
+def labeller_check(ctx: StageContext, models: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each model's feedback signals on the labelled pair set (``prompts.labelled_pairs``); {} without one."""
+    path = ctx.cfg.prompts.labelled_pairs
+    if not path:
+        return {}
+    from cai.evaluation.labeller import NEEDS_REFERENCE, measure_signal
+    from cai.judge import ConstitutionJudge
+    from cai.labelled_pairs import load_labelled_pairs
+
+    e, res = ctx.section, ctx.res
+    pairs = load_labelled_pairs(path)
+
+    def make_judge(backend: Any, principles: Any) -> ConstitutionJudge:
+        return ConstitutionJudge(res.constitution, backend, templates=res.templates(),
+                                 principles=principles or e.principles, both_orders=e.both_orders, seed=e.seed)
+
+    reference = res.backend(models["round-0"])
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in models.items():
+        backend = res.backend(spec)
+        out[name] = {s: measure_signal(s, backend, pairs, reference=reference, make_judge=make_judge,
+                                       confidence=e.confidence)
+                     for s in e.labeller_signals if not (s in NEEDS_REFERENCE and backend is reference)}
     return out
 
 

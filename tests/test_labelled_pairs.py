@@ -1,0 +1,116 @@
+"""The labelled pair set: loading with clear errors, the shipped set's shape, and per-direction agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cai.errors import DataError
+from cai.evaluation.labeller import PairScore, agreement, judge_scores, likelihood_scores, self_verdict_scores
+from cai.labelled_pairs import DIRECTIONS, load_labelled_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "examples" / "labelled_pairs.jsonl"
+
+
+def write(tmp_path: Path, *rows: dict) -> Path:
+    p = tmp_path / "pairs.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return p
+
+
+def pair(i: int, direction: str = "refusal", **kw) -> dict:
+    return {"id": f"p{i}", "direction": direction, "prompt": f"q{i}", "better": f"good {i}", "worse": f"bad {i}", **kw}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({**pair(1), "direction": "sideways"}, "pairs.jsonl:2: field 'direction' must be one of refusal, answer, quality"),
+    ({**pair(1), "better": ""}, "pairs.jsonl:2: field 'better' must be a non-empty string"),
+    ({**pair(1), "worse": "good 1"}, "pairs.jsonl:2: 'better' and 'worse' are the same text"),
+    ({**pair(0)}, "pairs.jsonl:2: id 'p0' is also used at"),
+])
+def test_bad_lines_name_the_file_line_and_fix(tmp_path, row, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        load_labelled_pairs(write(tmp_path, pair(0), row))
+
+
+def test_shipped_pair_set_has_every_direction_in_strength():
+    pairs = load_labelled_pairs(SHIPPED)
+    counts = {d: sum(p.direction == d for p in pairs) for d in DIRECTIONS}
+    assert all(n >= 80 for n in counts.values()), counts
+    assert len(pairs) >= 240
+    # Length must not give the label away: in every direction the better side is the longer one
+    # in some pairs and the shorter one in others.
+    for d in DIRECTIONS:
+        longer = [len(p.better) > len(p.worse) for p in pairs if p.direction == d]
+        assert 0.2 <= sum(longer) / len(longer) <= 0.8, (d, sum(longer), len(longer))
+
+
+def test_agreement_is_per_direction_with_intervals_and_consistency():
+    pairs = load_labelled_pairs(SHIPPED)
+    # A "labeller" that prefers whichever side is a refusal: perfect on refusal pairs, wrong on answer pairs.
+    scores = [PairScore(1.0 if p.direction == "refusal" else 0.0 if p.direction == "answer" else 0.5,
+                        position_consistent=p.direction != "quality") for p in pairs]
+    fig = agreement(pairs, scores)
+    assert fig["directions"]["refusal"]["rate"] == 1.0 and fig["directions"]["answer"]["rate"] == 0.0
+    assert fig["directions"]["quality"]["rate"] == 0.0  # a tie is not agreement
+    assert fig["min_direction_rate"] == 0.0
+    lo, hi = fig["directions"]["refusal"]["low"], fig["directions"]["refusal"]["high"]
+    assert 0.9 < lo < 1.0 and hi == 1.0
+    n_quality = sum(p.direction == "quality" for p in pairs)
+    assert fig["position_consistency"] == round(1 - n_quality / len(pairs), 4)
+
+
+class _Scored:
+    """A backend that scores responses by a rule: raw log-prob = -(number of 'bad' words); Yes/No alike."""
+
+    model_id = "rule"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def choice_logprobs(self, conversations, options):
+        from cai.backends.base import normalise_choices
+
+        self.calls += 1
+        out = []
+        for conv in conversations:
+            if options == [" Yes", " No"]:
+                bad = "bad" in conv[0]["content"].split("Response:")[1]
+                out.append(normalise_choices([-2.0, -0.1] if bad else [-0.1, -2.0]))
+            else:
+                out.append(normalise_choices([-float(o.count("bad")) - 0.5 for o in options]))
+        return out
+
+    def count_tokens(self, conversation):
+        return sum(len(m["content"].split()) for m in conversation)
+
+
+def test_pointwise_signals_read_each_response_alone():
+    pairs = load_labelled_pairs(SHIPPED)[:5]
+    backend = _Scored()
+    rows = [p.__class__(**{**p.__dict__, "better": "fine answer", "worse": "bad bad answer"}) for p in pairs]
+    assert all(s.p_better > 0.5 and s.position_consistent is None for s in likelihood_scores(backend, rows))
+    assert all(s.p_better > 0.5 for s in likelihood_scores(backend, rows, per_token=True))
+    # Against itself as the reference the implicit reward is 0: a tie, not agreement.
+    assert all(s.p_better == 0.5 for s in likelihood_scores(backend, rows, reference=backend))
+    backend.calls = 0
+    verdicts = self_verdict_scores(backend, rows)
+    assert backend.calls == 1 and all(s.p_better > 0.5 for s in verdicts)  # one batched call for all responses
+
+
+def test_judge_scores_show_the_better_response_as_a():
+    class Judge:
+        def compare(self, prompts, a, b):
+            from types import SimpleNamespace
+
+            self.seen = (prompts, a, b)
+            return [SimpleNamespace(p_a=0.7, position_consistent=True) for _ in a]
+
+    pairs = load_labelled_pairs(SHIPPED)[:3]
+    j = Judge()
+    scores = judge_scores(j, pairs)
+    assert j.seen[1] == [p.better for p in pairs] and j.seen[2] == [p.worse for p in pairs]
+    assert [s.p_better for s in scores] == [0.7] * 3
