@@ -71,5 +71,6 @@ class ScriptedBackend:
         for conv in conversations:
             probs = list(self._score(conv, options))
             total = sum(probs)
-            out.append(ChoiceScores(logprobs=[math.log(max(p / total, 1e-12)) for p in probs]))
+            out.append(ChoiceScores(logprobs=[math.log(max(p / total, 1e-12)) for p in probs],
+                                    extra={"raw_logprobs": [math.log(max(p, 1e-12)) for p in probs]}))
         return out

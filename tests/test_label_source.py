@@ -100,3 +100,21 @@ def test_without_a_pair_set_the_reason_says_so(tmp_path):
     c = ctx(tmp_path, FULL, consistency=0.8)
     source, _, why = choose(c, c.section)
     assert source == "judge" and "no labelled pair set" in why
+
+
+def test_scored_pairs_label_the_round_when_their_signal_passes_and_the_judge_does_not(tmp_path):
+    from cai.rounds.manifest import RunManifest
+
+    pipeline = FULL[:-1] + ["scored-pairs", "dpo"]
+    c = _with_pair_check(ctx(tmp_path, pipeline), {"refusal": 0.9, "answer": 0.1, "quality": 0.5}, consistency=0.9)
+    check = {"directions": {"refusal": {"rate": 0.85}, "answer": {"rate": 0.8}, "quality": {"rate": 0.78}},
+             "position_consistency": None}
+    RunManifest(c.res.dir).update("round-1/scored-pairs", status="complete", summary={"labeller_check": check})
+    source, data, why = choose(c, c.section)
+    assert source == "scored" and data.name == "scored-pairs"
+    assert why.startswith("scored: ") and "weakest 0.78 >= 0.75" in why
+    # Below the bar in one direction: neither model-labelled source is trusted.
+    check["directions"]["quality"]["rate"] = 0.7
+    RunManifest(c.res.dir).update("round-1/scored-pairs", summary={"labeller_check": check})
+    source, _, why = choose(c, c.section)
+    assert source == "contrastive" and "judge: " in why and "scored: " in why and "not trusted" in why

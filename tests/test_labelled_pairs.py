@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cai.errors import DataError
-from cai.evaluation.labeller import PairScore, agreement, judge_scores, likelihood_scores, self_verdict_scores
+from cai.evaluation.labeller import PairScore, agreement, candidate_scores, judge_scores, pointwise_pair_scores
 from cai.labelled_pairs import DIRECTIONS, load_labelled_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,13 +92,22 @@ def test_pointwise_signals_read_each_response_alone():
     pairs = load_labelled_pairs(SHIPPED)[:5]
     backend = _Scored()
     rows = [p.__class__(**{**p.__dict__, "better": "fine answer", "worse": "bad bad answer"}) for p in pairs]
-    assert all(s.p_better > 0.5 and s.position_consistent is None for s in likelihood_scores(backend, rows))
-    assert all(s.p_better > 0.5 for s in likelihood_scores(backend, rows, per_token=True))
+    for signal in ("loglik", "loglik_mean", "opening"):
+        scores = pointwise_pair_scores(signal, backend, rows)
+        assert all(s.p_better > 0.5 and s.position_consistent is None for s in scores), signal
     # Against itself as the reference the implicit reward is 0: a tie, not agreement.
-    assert all(s.p_better == 0.5 for s in likelihood_scores(backend, rows, reference=backend))
+    assert all(s.p_better == 0.5 for s in pointwise_pair_scores("implicit", backend, rows, reference=backend))
     backend.calls = 0
-    verdicts = self_verdict_scores(backend, rows)
+    verdicts = pointwise_pair_scores("self_verdict", backend, rows)
     assert backend.calls == 1 and all(s.p_better > 0.5 for s in verdicts)  # one batched call for all responses
+
+
+def test_candidate_scores_rank_several_responses_and_score_repeats_once():
+    backend = _Scored()
+    conv = [{"role": "user", "content": "q"}]
+    scores = candidate_scores("loglik", backend, [(conv, ["ok", "bad", "ok", "bad bad"])])
+    assert scores == [[-0.5, -1.5, -0.5, -2.5]] and backend.calls == 1
+    assert candidate_scores("opening", backend, [(conv, ["same words", "same words"])]) == [[0.0, 0.0]]
 
 
 def test_judge_scores_show_the_better_response_as_a():

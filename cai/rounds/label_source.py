@@ -21,14 +21,16 @@ from cai.errors import UserInputError
 from cai.rounds.context import StageContext
 
 #: The stages that hold each source's preference rows (and where, inside their output).
-SOURCES = {"judge": ("preferences", ""), "contrastive": ("contrastive", ""),
+SOURCES = {"judge": ("preferences", ""), "scored": ("scored-pairs", ""), "contrastive": ("contrastive", ""),
            "revision": ("revisions", ".cai/preference")}  # revision_pairs.PREFERENCE_DIR
+#: Sources labelled by a model: used by ``auto`` only where its pair-set figures pass.
+MODEL_LABELLED = ("judge", "scored")
 
 
 class LabelSourceChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    label_source: Literal["auto", "judge", "contrastive", "revision"] = Field(
+    label_source: Literal["auto", "judge", "scored", "contrastive", "revision"] = Field(
         "auto", description="Which preference rows to train on; auto chooses by the labeller's agreement with "
                             "the labelled pair set in every direction, and its position consistency.")
     min_agreement: float = Field(
@@ -48,9 +50,9 @@ def labeller_consistency(ctx: StageContext) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def labeller_check(ctx: StageContext) -> dict[str, Any] | None:
-    """The preferences stage's measurement of its labeller on the labelled pair set, if it made one."""
-    check = ctx.res.stage_summary(f"round-{ctx.k}/preferences").get("labeller_check")
+def labeller_check(ctx: StageContext, source: str = "judge") -> dict[str, Any] | None:
+    """A model-labelled source's measurement of its labeller on the labelled pair set, if its stage made one."""
+    check = ctx.res.stage_summary(f"round-{ctx.k}/{SOURCES[source][0]}").get("labeller_check")
     return check if isinstance(check, dict) and check.get("directions") else None
 
 
@@ -72,14 +74,23 @@ def _judge_verdict(check: dict[str, Any], section: LabelSourceChoice) -> tuple[b
 def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, str]:
     """(source, dataset dir, why) for this round."""
     present = {name: ctx.has_input(stage) for name, (stage, _) in SOURCES.items()}
-    check = labeller_check(ctx) if present["judge"] else None
-    if check is not None and section.label_source == "auto":
-        informative, reason = _judge_verdict(check, section)
+    checks = {s: labeller_check(ctx, s) for s in MODEL_LABELLED if present[s]}
+    if section.label_source == "auto" and any(checks.values()):
+        # Each model-labelled source in turn: the first whose labeller passes on every direction.
+        reasons = []
+        for source, check in checks.items():
+            if check is None:
+                continue
+            informative, reason = _judge_verdict(check, section)
+            if informative:
+                return _located(ctx, source, f"{source}: {reason}")
+            reasons.append(f"{source}: {reason}")
         fallback = next((s for s in ("contrastive", "revision") if present[s]), None)
-        source = "judge" if informative or fallback is None else fallback
-        why = reason + ("" if informative else (": its labels are not trusted" if fallback else
-                                                "; no other source in the pipeline, so the judge's labels are used anyway"))
-        return _located(ctx, source, why)
+        if fallback is None:
+            source = next(s for s, c in checks.items() if c)
+            return _located(ctx, source, "; ".join(reasons) + f"; no other source in the pipeline, so the {source} "
+                                         "labels are used anyway")
+        return _located(ctx, fallback, "; ".join(reasons) + ": model labels not trusted")
     consistency = labeller_consistency(ctx) if present["judge"] else None
     if section.label_source != "auto":
         source = section.label_source
@@ -88,20 +99,21 @@ def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, st
                                  f"{SOURCES[source][0]} stage in the pipeline; add it or use auto")
         why = "set in the config"
     elif present["judge"] and consistency is not None and consistency >= section.min_position_consistency:
+        # Without a pair set: position consistency on its own pairs is all that is known.
         source, why = "judge", f"labeller position consistency {consistency:.2f} >= {section.min_position_consistency}"
     else:
         fallback = next((s for s in ("contrastive", "revision") if present[s]), None)
         if fallback is None:
-            if not present["judge"]:
+            fallback = next((s for s in MODEL_LABELLED if present[s]), None)
+            if fallback is None:
                 raise UserInputError(f"stages.{ctx.stage}: no preference rows in the pipeline; add preferences, "
-                                     "contrastive or revisions before it")
-            fallback = "judge"
+                                     "scored-pairs, contrastive or revisions before it")
         source = fallback
         why = ("no preferences stage" if consistency is None and not present["judge"] else
                f"labeller position consistency {consistency if consistency is not None else float('nan'):.2f} "
                f"< {section.min_position_consistency}: its labels are near chance")
-        if source == "judge":
-            why += "; no other source in the pipeline, so the judge's labels are used anyway"
+        if source in MODEL_LABELLED:
+            why += f"; no other source in the pipeline, so the {source} labels are used anyway"
     if source == "judge" and section.label_source == "auto":
         why += " (no labelled pair set: set prompts.labelled_pairs to measure agreement per direction)"
     return _located(ctx, source, why)

@@ -68,8 +68,8 @@ class RoundStage:
 
 
 _REGISTRY: dict[str, RoundStage] = {}
-_BUILTIN = ("revisions", "helpful", "distill", "sft_data", "sft", "preferences", "contrastive", "reward", "rl", "dpo",
-            "rehearsal", "eval")
+_BUILTIN = ("revisions", "helpful", "distill", "sft_data", "sft", "preferences", "scored_pairs", "contrastive", "reward",
+            "rl", "dpo", "rehearsal", "eval")
 _loaded = False
 
 #: The card's chain, in order: what `cai run` does when the config names no pipeline.

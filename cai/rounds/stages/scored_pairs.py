@@ -1,0 +1,39 @@
+"""``scored-pairs``: the policy's own samples, best vs worst by the feedback model's own pointwise signal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cai.rounds.context import StageContext
+from cai.rounds.spec import DEFAULT_USES, RoundStage, register_stage
+from cai.stages.scored_pairs import ScoredPairsConfig
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from cai.evaluation.labeller import NEEDS_REFERENCE, measure_signal
+    from cai.rounds.stages._common import counts
+    from cai.stages.scored_pairs import run_scored_pairs
+
+    s = ctx.section
+    policy = ctx.res.backend(ctx.policy)
+    feedback = ctx.res.backend(ctx.feedback_spec)
+    reference = ctx.res.backend(ctx.cfg.models.policy) if s.signal in NEEDS_REFERENCE else None
+    check = None
+    if ctx.cfg.prompts.labelled_pairs:
+        # The signal as configured, on pairs whose answer is known: label_source: auto reads this.
+        from cai.labelled_pairs import load_labelled_pairs
+
+        check = measure_signal(s.signal, feedback, load_labelled_pairs(ctx.cfg.prompts.labelled_pairs),
+                               reference=reference)
+    res = run_scored_pairs(ctx.prompts("red_team"), ctx.prompts("helpful"), ctx.out, ctx.res.constitution, policy,
+                           feedback, config=s, templates=ctx.res.templates(), reference=reference,
+                           overwrite=ctx.fresh, progress=ctx.res.progress, chunk_size=ctx.cfg.chunk_size)
+    return {**counts(res), "feedback_model": ctx.feedback_spec, "signal": s.signal,
+            **({"labeller_check": check} if check else {})}
+
+
+STAGE = register_stage(RoundStage(
+    name="scored-pairs", run=run, config=ScoredPairsConfig, reads_policy=True,
+    uses=DEFAULT_USES + ("models.feedback", "constitution"), templates=("initial_response",),
+    description="The policy's own samples, best vs worst by an own-feedback signal (self-rewarding pairs).",
+))
