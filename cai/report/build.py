@@ -233,6 +233,7 @@ def labels_section(run: RunData, figs: Figures) -> list[Block]:
             rows.append([f"round {r.k}", stage, src, why])
     if rows:
         blocks.append(Table(["round", "stage", "label source", "why"], rows))
+    blocks += labeller_check_blocks(run)
     shown = False
     for r in run.rounds:
         stage_name, stats = labeller_stats(r)
@@ -255,6 +256,39 @@ def labels_section(run: RunData, figs: Figures) -> list[Block]:
                                     + ", ".join(f"{k} {v}" for k, v in tallies.items()) + ")"]))
     if not rows and not shown and len(blocks) == 1:
         blocks.append(Para("No stage in this run labelled or chose preference pairs."))
+    return blocks
+
+
+def _agreement_cell(v: Any) -> str:
+    if not isinstance(v, dict) or num(v.get("rate")) is None:
+        return "-"
+    return f"{fixed(v['rate'])} [{fixed(v.get('low'))}, {fixed(v.get('high'))}] (n={v.get('n')})"
+
+
+def labeller_check_blocks(run: RunData) -> list[Block]:
+    """Each round's feedback model, and how often each model agrees with the labelled pair set, per direction."""
+    rows, feedback = [], []
+    for r in run.rounds:
+        m = r.metrics or {}
+        if m.get("feedback_model"):
+            feedback.append(f"round {r.k}: {m['feedback_model']}")
+        for model, signals in (m.get("labeller_check") or {}).items():
+            for signal, fig in signals.items():
+                d = fig.get("directions") or {}
+                pc = fig.get("position_consistency")
+                rows.append([f"round {r.k}", model, signal, _agreement_cell(d.get("refusal")),
+                             _agreement_cell(d.get("answer")), _agreement_cell(d.get("quality")),
+                             "-" if pc is None else fixed(pc)])
+    blocks: list[Block] = []
+    if feedback:
+        blocks.append(Para([Strong("Feedback model"), " (labels, critiques, judges): " + "; ".join(feedback)]))
+    if rows:
+        blocks.append(Table(["round", "model", "signal", "refusal > compliance", "answer > needless refusal",
+                             "good > flawed answer", "position consistency"], rows))
+        blocks.append(Para("Agreement with the labelled pair set (pairs whose better response is known; never trained "
+                           "on), with Wilson 95% intervals. A signal is trusted to label a round only where it beats "
+                           "the bar in every direction: one that prefers refusals everywhere scores high on the first "
+                           "column and low on the second.", cls="muted"))
     return blocks
 
 
