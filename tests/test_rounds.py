@@ -223,11 +223,15 @@ def test_feedback_model_follows_the_policy_and_is_measured_each_round(two_rounds
     assert set(checks["round-0"]) == {"judge", "loglik"} and set(checks["round-2"]) == {"judge", "loglik", "implicit"}
     for fig in checks["round-2"].values():
         assert {d: v["n"] for d, v in fig["directions"].items()} == {"refusal": 2, "answer": 2, "quality": 2}
+    # The card's chain: every row model-written, every label model-made; the report shows the shares.
+    assert r2["provenance"]["sft"]["text"] == {"model": 1.0}
+    assert r2["provenance"]["reward"]["text"] == {"model": 1.0} and r2["provenance"]["reward"]["label"] == {"model": 1.0}
     from cai.report import write_report
 
     write_report(run_dir)
     report = (run_dir / "report.md").read_text()
     assert f"round 2: {run_dir / 'round-1' / 'rl'}" in report and "good > flawed answer" in report
+    assert "constitution text" in report and "model-labelled" in report
 
 
 def test_a_fixed_feedback_model_does_not_make_round_two_read_round_one(tmp_path, tiny_model_dir):

@@ -64,3 +64,19 @@ def test_a_small_margin_is_a_recorded_failure(tmp_path):
                      config=ScoredPairsConfig(k_responses=2, min_margin=0.1), progress=False)
     assert read_rows(tmp_path / "out") == []
     assert [f["reason"] for f in read_jsonl(tmp_path / "out" / ".cai" / "failures.jsonl")] == ["low_margin"]
+
+
+def test_provenance_shares_say_who_wrote_and_who_labelled():
+    from cai.provenance import provenance_shares
+
+    rows = [
+        {"messages": [], "target_source": "constitution_refusal"},
+        {"messages": [], "target_source": "own_answer"},
+        {"prompt": [], "label_source": "contrastive"},
+        {"prompt": [], "label_source": "scored"},
+    ]
+    shares = provenance_shares(rows)
+    assert shares["rows"] == 4
+    assert shares["text"] == {"constitution": 0.5, "model": 0.5}
+    assert shares["label"] == {"construction": 0.25, "model": 0.25, "none": 0.5}
+    assert provenance_shares([])["text"] == {}

@@ -265,6 +265,10 @@ def _agreement_cell(v: Any) -> str:
     return f"{fixed(v['rate'])} [{fixed(v.get('low'))}, {fixed(v.get('high'))}] (n={v.get('n')})"
 
 
+def _share(x: Any) -> str:
+    return "0%" if num(x) is None else f"{100 * x:.0f}%"
+
+
 def labeller_check_blocks(run: RunData) -> list[Block]:
     """Each round's feedback model, and how often each model agrees with the labelled pair set, per direction."""
     rows, feedback = [], []
@@ -280,6 +284,19 @@ def labeller_check_blocks(run: RunData) -> list[Block]:
                              _agreement_cell(d.get("answer")), _agreement_cell(d.get("quality")),
                              "-" if pc is None else fixed(pc)])
     blocks: list[Block] = []
+    shares = []
+    for r in run.rounds:
+        for stage, pv in ((r.metrics or {}).get("provenance") or {}).items():
+            text, label = pv.get("text") or {}, pv.get("label") or {}
+            shares.append([f"round {r.k}", stage, str(pv.get("rows", "?"))]
+                          + [_share(text.get(k)) for k in ("constitution", "model", "human")]
+                          + [_share(label.get(k)) for k in ("construction", "model", "human")])
+    if shares:
+        blocks.append(Table(["round", "training stage", "rows", "constitution text", "model text", "human text",
+                             "labelled by construction", "model-labelled", "human-labelled"], shares))
+        blocks.append(Para("Where each round's training signal came from: the share of the rows a stage trained on "
+                           "whose text (either side of a pair) the constitution supplied, the model wrote or a person "
+                           "wrote, and who decided each pair's label.", cls="muted"))
     if feedback:
         blocks.append(Para([Strong("Feedback model"), " (labels, critiques, judges): " + "; ".join(feedback)]))
     if rows:

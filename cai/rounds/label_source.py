@@ -128,6 +128,14 @@ def _located(ctx: StageContext, source: str, why: str) -> tuple[str, Path, str]:
     return source, ctx.input_dir(stage), why
 
 
+def provenance(data_dir: Path) -> dict[str, Any]:
+    """Text and label source shares of the preference rows a stage trains on (`cai.provenance`)."""
+    from cai.data import read_rows
+    from cai.provenance import provenance_shares
+
+    return provenance_shares(read_rows(data_dir))
+
+
 def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:
     return {"label_source": source, "label_source_why": why, "data": str(data_dir)}
 
@@ -135,4 +143,4 @@ def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:
 #: The stages a label-source choice may read (declared as optional inputs).
 OPTIONAL_INPUTS = tuple(stage for stage, _ in SOURCES.values())
 
-__all__ = ["LabelSourceChoice", "choose", "describe", "labeller_check", "labeller_consistency", "OPTIONAL_INPUTS"]
+__all__ = ["LabelSourceChoice", "choose", "describe", "provenance", "labeller_check", "labeller_consistency", "OPTIONAL_INPUTS"]

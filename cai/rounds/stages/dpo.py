@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cai.rounds.context import StageContext
-from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe
+from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe, provenance
 from cai.rounds.spec import RoundStage, register_stage
 from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
 
@@ -20,7 +20,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     source, data, why = choose(ctx, ctx.section)
     s = ctx.section
     res = train_dpo(data, str(ctx.input_dir("sft")), ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
-    return {**train_summary(res.summary), **describe(source, data, why)}
+    return {**train_summary(res.summary), **describe(source, data, why), "provenance": provenance(data)}
 
 
 STAGE = register_stage(RoundStage(

@@ -49,6 +49,8 @@ class RoundMetrics:
     #: Per model (round-0, round-k), per signal: agreement with the labelled pair set
     #: (`cai.evaluation.labeller.agreement`); empty without ``prompts.labelled_pairs``.
     labeller_check: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per training stage of the round: shares of its rows' text and label sources (`cai.provenance`).
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +62,7 @@ class RoundMetrics:
                    labeller=d.get("labeller", {}), outcome=d.get("outcome", {}),
                    label_sources=d.get("label_sources", {}), validation=d.get("validation", {}),
                    feedback_model=d.get("feedback_model", ""), labeller_check=d.get("labeller_check", {}),
+                   provenance=d.get("provenance", {}),
                    refusal={k: ModelFigures(**v) for k, v in d.get("refusal", {}).items()})
 
 
@@ -112,6 +115,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         summary = ctx.res.stage_summary(f"round-{k}/{stage}")
         if summary and "label_source" in summary:
             metrics.label_sources[stage] = {key: summary[key] for key in ("label_source", "label_source_why")}
+        if summary and isinstance(summary.get("provenance"), dict):
+            metrics.provenance[stage] = summary["provenance"]
     metrics.reward = {name: ((m.get("reward") or {}).get("all") or {}).get("mean") for name, m in per.items()}
     if e.keep_samples:
         metrics.samples = [{"prompt": p, **{name: responses[name].get(p) for name in models}}

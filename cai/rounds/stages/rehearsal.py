@@ -60,7 +60,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     s = ctx.section
     res = train_sft(data, start, ctx.out, config={**DEFAULTS, **s.config}, lora=s.lora,
                     average_tail=s.average_tail)
-    return {**train_summary(res.summary), "data": stage, "rows": len(rows), "from": ctx.new_policy_stage or "round policy"}
+    from cai.provenance import provenance_shares
+
+    return {**train_summary(res.summary), "data": stage, "rows": len(rows), "from": ctx.new_policy_stage or "round policy",
+            "provenance": provenance_shares(rows)}
 
 
 STAGE = register_stage(RoundStage(

@@ -6,7 +6,7 @@ from typing import Any
 
 from cai.rounds.context import StageContext
 from cai.rounds.spec import RoundStage, register_stage
-from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe
+from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe, provenance
 from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
 
 
@@ -21,7 +21,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     source, data, why = choose(ctx, s)
     # The reward model starts from the round 0 policy's weights, as a fresh judge of the policy.
     res = train_reward(data, ctx.cfg.models.policy, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
-    return {**train_summary(res.summary), **describe(source, data, why)}
+    return {**train_summary(res.summary), **describe(source, data, why), "provenance": provenance(data)}
 
 
 STAGE = register_stage(RoundStage(

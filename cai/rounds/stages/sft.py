@@ -29,7 +29,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     res = train_sft(data, ctx.policy, ctx.out, config=s.config, lora=s.lora,
                     decision_tokens=s.decision_tokens, decision_weight=s.decision_weight,
                     average_tail=s.average_tail)
-    return {**train_summary(res.summary), "data": data.name}
+    from cai.data import read_rows
+    from cai.provenance import provenance_shares
+
+    return {**train_summary(res.summary), "data": data.name, "provenance": provenance_shares(read_rows(data))}
 
 
 STAGE = register_stage(RoundStage(
