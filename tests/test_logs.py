@@ -123,3 +123,13 @@ def test_eval_says_whose_answers_each_generate_line_counts(tmp_path, tiny_model_
     lines = r.stderr.splitlines()
     named = [i for i, line in enumerate(lines) if line.startswith("eval: answers of ")]
     assert named and any(lines[j].startswith("generate: ") for j in range(named[0] + 1, len(lines))), r.stderr
+
+
+def test_embedded_model_conversion_draws_no_bar_into_a_log(tmp_path):
+    """The one-time GGUF conversion: transformers' own bar is off when stderr is a file."""
+    code = "from cai.models import embedded_model_dir; print(embedded_model_dir())"
+    r = subprocess.run([sys.executable, "-c", code], env={**_log_env(), "CAI_CACHE_DIR": str(tmp_path)},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (Path(r.stdout.strip()) / "model.safetensors").is_file()
+    assert "\r" not in r.stderr and "Converting and de-quantizing" not in r.stderr, r.stderr[-2000:]
