@@ -107,7 +107,24 @@ def test_candidate_scores_rank_several_responses_and_score_repeats_once():
     conv = [{"role": "user", "content": "q"}]
     scores = candidate_scores("loglik", backend, [(conv, ["ok", "bad", "ok", "bad bad"])])
     assert scores == [[-0.5, -1.5, -0.5, -2.5]] and backend.calls == 1
-    assert candidate_scores("opening", backend, [(conv, ["same words", "same words"])]) == [[0.0, 0.0]]
+    (a, b), = candidate_scores("opening", backend, [(conv, ["same words here and more", "same words here and less"])])
+    assert a == b  # the same first four words: the same score, a tie
+
+
+def test_batched_response_logprobs_match_choice_scoring(tiny_backend_fp32):
+    """The transformers backend's batched scorer gives what choice_logprobs gives, text by text."""
+    from cai.evaluation.labeller import likelihoods
+
+    conv = [{"role": "user", "content": "Say hi."}]
+    texts = ["Hello there.", "Go away now, please, I am busy today.", "x"]
+    raw = tiny_backend_fp32.choice_logprobs([conv], texts)[0].extra["raw_logprobs"]
+    assert tiny_backend_fp32.response_logprobs([(conv, t) for t in texts]) == pytest.approx(raw, abs=1e-4)
+    other = [{"role": "user", "content": "Something else entirely, longer than the first prompt."}]
+    mixed = likelihoods(tiny_backend_fp32, [(conv, texts[0]), (other, texts[1]), (conv, texts[1]), (conv, "")])
+    assert mixed[0] == pytest.approx(raw[0], abs=1e-4) and mixed[2] == pytest.approx(raw[1], abs=1e-4)
+    assert mixed[3] == 0.0
+    alone = tiny_backend_fp32.choice_logprobs([other], [texts[1], "y"])[0].extra["raw_logprobs"][0]
+    assert mixed[1] == pytest.approx(alone, abs=1e-4)
 
 
 def test_judge_scores_show_the_better_response_as_a():

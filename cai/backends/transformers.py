@@ -215,6 +215,25 @@ class TransformersBackend:
         with precise_logits(self.model):
             return self._score(jobs, options)
 
+    def response_logprobs(self, requests: Sequence[tuple[Conversation, str]]) -> list[float]:
+        """log p(text | conversation) summed over the text's tokens, for many (conversation, text) pairs at once.
+
+        The text is scored as the assistant's answer (as ``choice_logprobs`` scores an option),
+        in the same length-sorted batches; a conversation too long is cut from the left.
+        """
+        budget = self.context_window - 8
+        jobs = []
+        for conv, text in requests:
+            rendered = self.chat.render(conv)
+            prompt = self.chat.encode(rendered)
+            full = self.chat.encode(rendered, text)
+            common = min(common_prefix_len(prompt, full), len(full) - 1)
+            context, cont = full[:common], full[common:]
+            cut = max(0, len(context) + len(cont) - budget)
+            jobs.append((prompt[cut:], [(context[cut:], cont)], cut > 0))
+        with precise_logits(self.model):
+            return [s.extra["raw_logprobs"][0] for s in self._score(jobs, ["text"])]
+
     def _score(self, jobs, options: Sequence[str]) -> list[ChoiceScores]:
         import torch
 

@@ -92,7 +92,9 @@ def _opening(text: str, words: int) -> str:
 
 
 #: Pointwise signals: each response is scored alone, so there is no answer order to be biased by.
-POINTWISE = ("loglik", "loglik_mean", "opening", "implicit", "implicit_opening", "self_verdict")
+POINTWISE = ("loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "self_verdict")
+#: The conversation ``pmi`` conditions on instead of the prompt: an empty user turn.
+EMPTY_PROMPT: Conversation = [{"role": "user", "content": ""}]
 #: Signals that compare against a reference model.
 NEEDS_REFERENCE = ("implicit", "implicit_opening")
 #: How many words of a response the ``*opening`` signals score.
@@ -103,13 +105,34 @@ SELF_VERDICT_QUESTION = ("Is this a good response? A good response helps with or
                          "requests for harmful help. Answer Yes or No.")
 
 
-def _likelihoods(backend: Backend, conversation: Conversation, texts: Sequence[str]) -> list[float]:
-    """Summed log-probs of each text; identical texts are scored once (options must differ)."""
-    unique = list(dict.fromkeys(texts))
-    if len(unique) == 1:
-        return [0.0] * len(texts)
-    by_text = dict(zip(unique, response_logprobs(backend, conversation, unique)))
-    return [by_text[t] for t in texts]
+def likelihoods(backend: Backend, requests: Sequence[tuple[Conversation, str]]) -> list[float]:
+    """log p(text | conversation), summed over the text's tokens, for each (conversation, text).
+
+    A backend with a batched ``response_logprobs`` (transformers) scores every request in its
+    batches; any other scores each conversation's distinct texts with one ``choice_logprobs``
+    call. An empty text scores 0.
+    """
+    todo = sorted({(_key(c), t) for c, t in requests if t})
+    convs = {_key(c): c for c, _ in requests}
+    batched = getattr(backend, "response_logprobs", None)
+    if callable(batched):
+        scored = dict(zip(todo, batched([(convs[k], t) for k, t in todo])))
+    else:
+        by_conv: dict[str, list[str]] = {}
+        for k, t in todo:
+            by_conv.setdefault(k, []).append(t)
+        scored = {}
+        for k, texts in by_conv.items():
+            values = response_logprobs(backend, convs[k], texts) if len(texts) > 1 else (
+                response_logprobs(backend, convs[k], [texts[0], texts[0] + " ."])[:1])
+            scored.update({(k, t): v for t, v in zip(texts, values)})
+    return [scored[(_key(c), t)] if t else 0.0 for c, t in requests]
+
+
+def _key(conv: Conversation) -> str:
+    import json
+
+    return json.dumps(conv, sort_keys=True)
 
 
 def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conversation, Sequence[str]]], *,
@@ -117,7 +140,7 @@ def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conver
     """Per item (a conversation and its candidate responses), one score per response; higher is better.
 
     ``loglik``: log π(r|x); ``loglik_mean``: the same per token; ``opening``: of the first
-    words only; ``implicit`` / ``implicit_opening``: minus the reference's (log π/π_ref);
+    words only; ``pmi``: log π(r|x) − log π(r|empty prompt); ``implicit`` / ``implicit_opening``: minus the reference's (log π/π_ref);
     ``self_verdict``: log P(Yes) − log P(No) when the model is asked whether the response is good.
     """
     if signal not in POINTWISE:
@@ -130,18 +153,19 @@ def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conver
         return [[next(margins) for _ in responses] for _, responses in items]
     if signal in NEEDS_REFERENCE and reference is None:
         raise ValueError(f"signal {signal} needs a reference model")
-    out = []
-    for conv, responses in items:
-        texts = [_opening(t, OPENING_WORDS) for t in responses] if signal.endswith("opening") else list(responses)
-        lp = _likelihoods(backend, conv, texts)
-        if signal in NEEDS_REFERENCE:
-            lp = [a - b for a, b in zip(lp, _likelihoods(reference, conv, texts))]
-        if signal == "loglik_mean":
-            base = backend.count_tokens(conv)
-            lp = [v / max(1, backend.count_tokens([*conv, {"role": "assistant", "content": t}]) - base)
-                  for v, t in zip(lp, texts)]
-        out.append(lp)
-    return out
+    texts = [[_opening(t, OPENING_WORDS) for t in responses] if signal.endswith("opening") else list(responses)
+             for _, responses in items]
+    requests = [(conv, t) for (conv, _), ts in zip(items, texts) for t in ts]
+    lp = likelihoods(backend, requests)
+    if signal in NEEDS_REFERENCE:
+        lp = [a - b for a, b in zip(lp, likelihoods(reference, requests))]
+    elif signal == "pmi":  # how much this prompt, rather than none, makes the model write the response
+        lp = [a - b for a, b in zip(lp, likelihoods(backend, [(EMPTY_PROMPT, t) for _, t in requests]))]
+    if signal == "loglik_mean":
+        lp = [v / max(1, backend.count_tokens([*c, {"role": "assistant", "content": t}]) - backend.count_tokens(c))
+              for v, (c, t) in zip(lp, requests)]
+    values = iter(lp)
+    return [[next(values) for _ in ts] for ts in texts]
 
 
 def _last_user(conv: Conversation) -> str:
@@ -161,6 +185,7 @@ _SIGNAL_DOCS = {
     "loglik": "log p(response | prompt) under the model, summed",
     "loglik_mean": "the same per token",
     "opening": f"log p of the response's first {OPENING_WORDS} words",
+    "pmi": "log p(response | prompt) - log p(response | an empty prompt): how much the prompt makes the model write it",
     "implicit": "log π_model − log π_reference over the response (the DPO implicit reward)",
     "implicit_opening": f"the implicit reward of the response's first {OPENING_WORDS} words",
     "self_verdict": "the model's own Yes/No on whether each response alone is good (log P(Yes) - log P(No))",
@@ -188,5 +213,5 @@ def measure_signal(name: str, backend: Backend, pairs: Sequence[LabelledPair], *
 
 SIGNAL_NAMES = tuple(_SIGNAL_DOCS)
 
-__all__ = ["PairScore", "agreement", "judge_scores", "candidate_scores", "pointwise_pair_scores", "response_logprobs",
+__all__ = ["PairScore", "agreement", "judge_scores", "candidate_scores", "likelihoods", "pointwise_pair_scores", "response_logprobs",
            "measure_signal", "SIGNAL_NAMES", "POINTWISE", "NEEDS_REFERENCE", "SELF_VERDICT_QUESTION"]
