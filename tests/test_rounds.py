@@ -246,3 +246,37 @@ def test_a_fixed_feedback_model_does_not_make_round_two_read_round_one(tmp_path,
     assert "round-1/rl" in follow._upstream(2, get_stage("rl"))
     assert "round-1/rl" not in fixed._upstream(2, get_stage("rl"))
     assert follow._upstream(1, get_stage("rl")) == fixed._upstream(1, get_stage("rl"))
+
+
+def test_later_rounds_run_their_own_pipeline_on_the_models_own_feedback(tmp_path, tiny_model_dir):
+    """pipeline_from: round 1 bootstraps (SFT), round 2 learns only from its own samples and own labels."""
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, **{
+        "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\n"
+                     "pipeline_from: {2: [scored-pairs, dpo, eval]}\nstages:\n",
+        "  eval: {": "  scored_pairs: {k_responses: 2, max_new_tokens: 8, signal: pmi}\n"
+                     "  dpo: {config: {max_steps: 1, max_length: 256}}\n  eval: {"})
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
+    assert [s["stage"] for s in data["stages"]] == [
+        "round-1/revisions", "round-1/helpful", "round-1/sft-data", "round-1/sft", "round-1/eval",
+        "round-2/scored-pairs", "round-2/dpo", "round-2/eval"]
+    assert data["complete"] and data["final_policy"] == str(out / "round-2" / "dpo")
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    # Round 2's policy and feedback model are round 1's SFT model; DPO starts from it.
+    assert stages["round-2/scored-pairs"]["summary"]["feedback_model"] == str(out / "round-1" / "sft")
+    dpo = stages["round-2/dpo"]["summary"]
+    assert dpo["label_source"] == "scored" and "no other source" in dpo["label_source_why"]
+    m2 = data["rounds"][1]["metrics"]
+    assert m2["provenance"]["dpo"]["text"] == {"model": 1.0} and m2["provenance"]["dpo"]["label"] == {"model": 1.0}
+    assert set(m2["outcome"]) == {"round-0", "round-1", "round-2"}
+    rows = read_jsonl(out / "round-2" / "scored-pairs" / "data.jsonl")
+    assert all(row["label_source"] == "scored" and row["signal"] == "pmi" for row in rows)
+    # A resume with more rounds continues in the later pipeline; nothing finished reruns.
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out), "--resume", "--rounds", "3"])
+    assert r.exit_code == 0, r.output
+    assert "[round-2/dpo] done, skipping" in r.output and "[round-3/scored-pairs] running" in r.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["round-3/scored-pairs"]["summary"]["feedback_model"] == str(out / "round-2" / "dpo")
+    assert json.loads((out / "manifest.json").read_text())["final_policy"] == str(out / "round-3" / "dpo")

@@ -342,7 +342,7 @@ def stages_section(run: RunData) -> list[Block]:
             kind = {"complete": "good", "running": "warn"}.get(status, "neutral")
             secs = s.record.get("seconds")
             rows.append([s.name, [Badge(status, kind)], "" if secs is None else f"{secs}", _stage_note(s)])
-        for name in run.pipeline:
+        for name in run.pipeline_of(r.k):
             if r.stage(name) is None:
                 rows.append([f"round-{r.k}/{name}", [Badge("pending", "neutral")], "", ""])
     blocks: list[Block] = [Heading(2, "Stages", "stages")]

@@ -91,6 +91,11 @@ class RunData:
     def name(self) -> str:
         return str(self.manifest.get("name") or self.dir.name)
 
+    def pipeline_of(self, k: int) -> list[str]:
+        """Round k's stages (``pipeline_from`` runs differ per round)."""
+        per_round = self.manifest.get("pipelines") or {}
+        return [str(s) for s in per_round.get(str(k)) or self.pipeline]
+
     @property
     def planned_rounds(self) -> int:
         try:
@@ -170,7 +175,8 @@ def collect(run_dir: str | Path) -> RunData:
     rounds = []
     for k in ks:
         recs = by_round.get(k, {})
-        order = [s for s in pipeline if s in recs] + [s for s in recs if s not in pipeline]
+        mine = [str(s) for s in (manifest.get("pipelines") or {}).get(str(k)) or pipeline]
+        order = [s for s in mine if s in recs] + [s for s in recs if s not in mine]
         stages = [_stage_view(d, f"round-{k}/{s}", recs[s]) for s in order]
         ev = d / f"round-{k}" / "eval"
         eval_full = load_json(ev / "eval.json")

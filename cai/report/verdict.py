@@ -306,7 +306,7 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
                                         "comparisons (left out of the rate)"))
     for s in r.stages:
         v.flags.extend(_stage_flags(s))
-    missing = [s for s in run.pipeline if r.stage(s) is None]
+    missing = [s for s in run.pipeline_of(r.k) if r.stage(s) is None]
     if missing:
         v.flags.append(Flag("warn", f"not run yet in round {r.k}: {', '.join(missing)}"))
     if r.evaluated:
@@ -315,7 +315,7 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
             "benign_distinct_2"))
         if d0 and dk is not None and dk < 0.5 * d0:
             v.flags.append(Flag("warn", f"answers got repetitive: distinct-2 on benign answers {d0:.2f} → {dk:.2f}"))
-    elif "eval" not in run.pipeline:
+    elif "eval" not in run.pipeline_of(r.k):
         v.flags.append(Flag("warn", "the pipeline has no eval stage: nothing measures this round's policy"))
     v.flags.sort(key=lambda f: f.level != "bad")  # problems first, then checks
     return v

@@ -59,6 +59,9 @@ class RunConfigBase(_Strict):
     prompts: PromptsConfig
     pipeline: list[str] = Field(default_factory=lambda: list(DEFAULT_PIPELINE),
                                 description="The stages of each round, in order (registered stage names).")
+    pipeline_from: dict[int, list[str]] = Field(default_factory=dict, description=(
+        "From round N on, this pipeline instead of `pipeline` ({2: [scored-pairs, dpo, eval]}): round 1 may "
+        "bootstrap from the constitution's text, later rounds learn from the model's own feedback."))
     stages: Any = None
 
     @field_validator("name")
@@ -71,23 +74,47 @@ class RunConfigBase(_Strict):
     @field_validator("pipeline")
     @classmethod
     def _known_stages(cls, v: list[str]) -> list[str]:
-        known = stage_registry()
-        for name in v:
-            if name not in known:
-                raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(sorted(known))}")
-        if len(set(v)) != len(v):
-            raise ValueError("a stage is listed twice; list each once")
-        for i, name in enumerate(v):
-            for dep in known[name].inputs:
-                if dep not in v[:i]:
-                    raise ValueError(f"stage {name!r} reads {dep!r}, which must come before it in the pipeline")
-            if known[name].reads_new_policy and not any(known[s].produces_policy for s in v[:i]):
-                raise ValueError(f"stage {name!r} reads the round's new policy; put a training stage before it")
-        return v
+        return check_pipeline(v)
+
+    @field_validator("pipeline_from")
+    @classmethod
+    def _later_pipelines(cls, v: dict[int, list[str]]) -> dict[int, list[str]]:
+        for k, stages in v.items():
+            if k < 2:
+                raise ValueError(f"pipeline_from: round {k}: a later pipeline starts at round 2 or after; "
+                                 "round 1's is `pipeline`")
+            check_pipeline(stages)
+        return dict(sorted(v.items()))
+
+    def pipeline_of(self, k: int) -> list[str]:
+        """Round k's stages: the latest ``pipeline_from`` entry at or before k, else ``pipeline``."""
+        starts = [n for n in self.pipeline_from if n <= k]
+        return list(self.pipeline_from[max(starts)]) if starts else list(self.pipeline)
+
+    def all_stages(self) -> list[str]:
+        """Every stage any round runs, each once, in first-seen order."""
+        return list(dict.fromkeys([*self.pipeline, *(s for p in self.pipeline_from.values() for s in p)]))
 
     def section(self, stage: str) -> BaseModel:
         """The config section of a stage (its defaults when the file has none)."""
         return getattr(self.stages, get_stage(stage).config_key)
+
+
+def check_pipeline(v: list[str]) -> list[str]:
+    """Known stages, each once, every stage's inputs (and new policy) before it."""
+    known = stage_registry()
+    for name in v:
+        if name not in known:
+            raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(sorted(known))}")
+    if len(set(v)) != len(v):
+        raise ValueError("a stage is listed twice; list each once")
+    for i, name in enumerate(v):
+        for dep in known[name].inputs:
+            if dep not in v[:i]:
+                raise ValueError(f"stage {name!r} reads {dep!r}, which must come before it in the pipeline")
+        if known[name].reads_new_policy and not any(known[s].produces_policy for s in v[:i]):
+            raise ValueError(f"stage {name!r} reads the round's new policy; put a training stage before it")
+    return v
 
 
 @functools.cache
@@ -141,7 +168,7 @@ def check_run_config(cfg: RunConfigBase, *, source: str) -> None:
     from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 
     names: list[str] = []
-    for name in cfg.pipeline:
+    for name in cfg.all_stages():
         stage = get_stage(name)
         if stage.check is not None:
             stage.check(cfg, source)

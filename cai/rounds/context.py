@@ -136,7 +136,7 @@ class StageContext:
         return self.res.dir / f"round-{self.k}" / stage
 
     def has_input(self, stage: str) -> bool:
-        return stage in self.cfg.pipeline and self.input_dir(stage).exists()
+        return stage in self.cfg.pipeline_of(self.k) and self.input_dir(stage).exists()
 
     def prompts(self, which: str) -> list[PromptRecord]:
         return self.res.round_prompts(self.k, which)

@@ -47,12 +47,18 @@ def run_status(run_dir: str | Path) -> list[dict[str, Any]]:
     rounds = int(data.get("rounds", 1))
     out = []
     for k in range(1, rounds + 1):
-        for stage in data.get("pipeline", DEFAULT_PIPELINE):
+        for stage in pipeline_of(data, k):
             name = f"round-{k}/{stage}"
             rec = data["stages"].get(name, {})
             out.append({"stage": name, "status": rec.get("status", "pending"), "seconds": rec.get("seconds"),
                         "output": rec.get("output")})
     return out
+
+
+def pipeline_of(manifest: dict[str, Any], k: int) -> list[str]:
+    """Round k's stages as the run recorded them (``pipelines`` per round; older runs: one ``pipeline``)."""
+    per_round = manifest.get("pipelines") or {}
+    return list(per_round.get(str(k)) or manifest.get("pipeline") or DEFAULT_PIPELINE)
 
 
 #: Version of the `cai status --json` contract; bumped when a key changes meaning or goes away.

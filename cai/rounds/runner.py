@@ -42,8 +42,8 @@ class Run:
         self.echo = echo
         self.force = set(force)
         for f in self.force:
-            if f.split("/")[-1] not in cfg.pipeline:
-                raise UserInputError(f"--force {f}: no such stage; use one of: {', '.join(cfg.pipeline)}")
+            if f.split("/")[-1] not in cfg.all_stages():
+                raise UserInputError(f"--force {f}: no such stage; use one of: {', '.join(cfg.all_stages())}")
         if (self.dir / MANIFEST).exists() and not resume:
             raise UserInputError(f"{self.dir}: a run is already here; add --resume to continue it, or use a new --out")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -52,36 +52,43 @@ class Run:
 
     # --- the pipeline's shape -------------------------------------------------------------
 
-    @property
-    def policy_stage(self) -> str | None:
-        """The last stage of the pipeline whose output is a model: the next round's policy."""
-        made = [s for s in self.cfg.pipeline if get_stage(s).produces_policy]
+    def policy_stage(self, k: int) -> str | None:
+        """The last stage of round k's pipeline whose output is a model: the next round's policy."""
+        made = [s for s in self.cfg.pipeline_of(k) if get_stage(s).produces_policy]
         return made[-1] if made else None
 
+    def policy_source(self, k: int) -> str | None:
+        """``round-j/stage`` that made policy_k: the latest earlier round that trained one (None: models.policy)."""
+        for j in range(k - 1, 0, -1):
+            stage = self.policy_stage(j)
+            if stage:
+                return f"round-{j}/{stage}"
+        return None
+
     def policy_spec(self, k: int) -> str:
-        """policy_k: the configured model for round 1, else round k-1's policy stage output."""
-        if k <= 1 or self.policy_stage is None:
-            return self.cfg.models.policy
-        return str(self.dir / f"round-{k - 1}" / self.policy_stage)
+        """policy_k: the configured model for round 1, else the latest earlier round's policy stage output."""
+        source = self.policy_source(k)
+        return str(self.dir / source) if source else self.cfg.models.policy
 
     def final_policy(self) -> str:
         return self.policy_spec(self.cfg.rounds + 1)
 
-    def new_policy_stage(self, stage: str) -> str | None:
-        """The last model-producing stage before ``stage`` in the pipeline (this round's new policy)."""
-        before = self.cfg.pipeline[: self.cfg.pipeline.index(stage)]
-        made = [s for s in before if get_stage(s).produces_policy]
+    def new_policy_stage(self, k: int, stage: str) -> str | None:
+        """The last model-producing stage before ``stage`` in round k's pipeline (this round's new policy)."""
+        pipeline = self.cfg.pipeline_of(k)
+        made = [s for s in pipeline[: pipeline.index(stage)] if get_stage(s).produces_policy]
         return made[-1] if made else None
 
     def _upstream(self, k: int, stage: RoundStage) -> list[str]:
-        optional = [s for s in stage.optional_inputs if s in self.cfg.pipeline]
+        optional = [s for s in stage.optional_inputs if s in self.cfg.pipeline_of(k)]
         names = [f"round-{k}/{s}" for s in (*stage.inputs, *optional)]
         if stage.reads_new_policy:
-            names.append(f"round-{k}/{self.new_policy_stage(stage.name)}")
+            names.append(f"round-{k}/{self.new_policy_stage(k, stage.name)}")
         follows = "models.feedback" in stage.uses and self.cfg.models.feedback == FOLLOW_POLICY
-        if (stage.reads_policy or follows) and k > 1 and self.policy_stage:
+        source = self.policy_source(k)
+        if (stage.reads_policy or follows) and source:
             # feedback: policy makes round k's feedback model round k-1's output: an input like the policy.
-            names.insert(0, f"round-{k - 1}/{self.policy_stage}")
+            names.insert(0, source)
         return names
 
     def _key(self, k: int, stage: RoundStage) -> tuple[str, str]:
@@ -97,7 +104,7 @@ class Run:
     def check_finished_stages(self) -> None:
         """Refuse a resume whose config changed for a finished stage (unless forced)."""
         for k in range(1, self.cfg.rounds + 1):
-            for name in self.cfg.pipeline:
+            for name in self.cfg.pipeline_of(k):
                 full = f"round-{k}/{name}"
                 rec = self.manifest.stage(full)
                 if rec.get("status") != "complete" or self._forced(k, name):
@@ -113,13 +120,14 @@ class Run:
         self.check_finished_stages()
         self.res.prompt_split()  # bad prompt files fail here, before any model loads
         # Only now, once the config is accepted, does it become the run's record.
-        self.manifest.data.update(name=self.cfg.name, rounds=self.cfg.rounds, pipeline=list(self.cfg.pipeline))
+        self.manifest.data.update(name=self.cfg.name, rounds=self.cfg.rounds, pipeline=list(self.cfg.pipeline),
+                                  pipelines={str(k): self.cfg.pipeline_of(k) for k in range(1, self.cfg.rounds + 1)})
         self.manifest.save()
         (self.dir / "config.yaml").write_text(
             yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
         rerun: set[str] = set()  # stages (round-k/name) run in this call: what reads them must run too
         for k in range(1, self.cfg.rounds + 1):
-            for name in self.cfg.pipeline:
+            for name in self.cfg.pipeline_of(k):
                 self._run_one(k, get_stage(name), rerun)
         self.res.release_backends()
         self.manifest.data["final_policy"] = self.final_policy()
@@ -150,7 +158,7 @@ class Run:
         if stage.restart or stage.produces_policy:
             self.res.release_backends()  # training needs the memory back
         ctx = StageContext(res=self.res, stage=stage.name, k=k, out=out, fresh=not resumable,
-                           policy=self.policy_spec(k), new_policy_stage=self.new_policy_stage(stage.name))
+                           policy=self.policy_spec(k), new_policy_stage=self.new_policy_stage(k, stage.name))
         summary = stage.run(ctx)
         self.manifest.update(full, status="complete", finished=time.time(),
                              seconds=round(time.time() - started, 1), summary=summary)

@@ -30,11 +30,12 @@ def check_trainer(trainer: str | Callable[[Any], str], key: str) -> Callable[[An
     return check
 
 
-def data_stage(cfg: Any, stage: str, candidates: tuple[str, ...]) -> str:
-    """The stage whose rows ``stage`` trains on: its section's ``data`` if that stage comes before it,
-    else (``auto``) the first of ``candidates`` that does; "" when none does."""
+def data_stage(cfg: Any, stage: str, candidates: tuple[str, ...], pipeline: list[str] | None = None) -> str:
+    """The stage whose rows ``stage`` trains on in ``pipeline`` (default: round 1's): its section's ``data``
+    if that stage comes before it, else (``auto``) the first of ``candidates`` that does; "" when none does."""
     want = getattr(cfg.stages, stage.replace("-", "_")).data
-    present = [s for s in candidates if s in cfg.pipeline[: cfg.pipeline.index(stage)]]
+    pipeline = cfg.pipeline if pipeline is None else pipeline
+    present = [s for s in candidates if s in pipeline[: pipeline.index(stage)]]
     if want != "auto":
         return want if want in present else ""
     return present[0] if present else ""
@@ -45,7 +46,8 @@ def check_data_trainer(stage: str, trainer: str, candidates: tuple[str, ...], wh
 
     def check(cfg: Any, source: str) -> None:
         check_trainer(trainer, stage)(cfg, source)
-        if not data_stage(cfg, stage, candidates):
+        pipelines = [p for p in [cfg.pipeline, *cfg.pipeline_from.values()] if stage in p]
+        if any(not data_stage(cfg, stage, candidates, p) for p in pipelines):
             from cai.errors import UserInputError
 
             raise UserInputError(f"{source}: stages.{stage} trains on {what} of {' or '.join(candidates)}; put that "

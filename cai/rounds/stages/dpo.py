@@ -19,12 +19,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     source, data, why = choose(ctx, ctx.section)
     s = ctx.section
-    res = train_dpo(data, str(ctx.input_dir("sft")), ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
+    # From this round's SFT model when the round has one; else (an own-feedback round) from its policy.
+    start = str(ctx.input_dir("sft")) if ctx.has_input("sft") else ctx.policy
+    res = train_dpo(data, start, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
     return {**train_summary(res.summary), **describe(source, data, why), "provenance": provenance(data)}
 
 
 STAGE = register_stage(RoundStage(
-    name="dpo", run=run, config=DPOSection, inputs=("sft",), optional_inputs=OPTIONAL_INPUTS, restart=True,
+    name="dpo", run=run, config=DPOSection, optional_inputs=("sft", *OPTIONAL_INPUTS), reads_policy=True, restart=True,
     produces_policy=True, uses=("seed",), check=check_trainer("dpo", "dpo"),
-    description="DPO from the SFT model on judge, contrastive or revision pairs (chosen by measurement).",
+    description="DPO from the SFT model (else the round's policy) on judge, scored, contrastive or revision pairs "
+                "(chosen by measurement).",
 ))

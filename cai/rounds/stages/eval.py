@@ -111,7 +111,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics.validation = validation_outcome(ctx, models)
     metrics.feedback_model = ctx.feedback_spec
     metrics.labeller_check = labeller_check(ctx, {"round-0": models["round-0"], cand: models[cand]})
-    for stage in ctx.cfg.pipeline:
+    for stage in ctx.cfg.pipeline_of(k):
         summary = ctx.res.stage_summary(f"round-{k}/{stage}")
         if summary and "label_source" in summary:
             metrics.label_sources[stage] = {key: summary[key] for key in ("label_source", "label_source_why")}

@@ -46,7 +46,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from cai.data import DatasetWriter
     from cai.training import train_sft
 
-    stage = data_stage(ctx.cfg, "rehearsal", DATA_STAGES)
+    stage = data_stage(ctx.cfg, "rehearsal", DATA_STAGES, ctx.cfg.pipeline_of(ctx.k))
     rows = helpful_rows(ctx, stage)
     if not rows:
         raise UserInputError(f"{ctx.input_dir(stage)}: no helpful rows to rehearse on; see its failures")

@@ -21,7 +21,7 @@ class RLSection(TrainSection, LabelSourceChoice):
 def check(cfg: Any, source: str) -> None:
     s = cfg.stages.rl
     check_trainer(s.algorithm, "rl")(cfg, source)
-    if s.algorithm != "dpo" and "reward" not in cfg.pipeline:
+    if s.algorithm != "dpo" and any("reward" not in p for p in [cfg.pipeline, *cfg.pipeline_from.values()] if "rl" in p):
         raise UserInputError(f"{source}: stages.rl.algorithm {s.algorithm} trains against the reward stage; "
                              "add reward before rl in the pipeline, or use algorithm: dpo")
     if s.judge and s.algorithm not in ("rloo", "grpo"):

@@ -25,7 +25,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from cai.training import train_sft
 
     s = ctx.section
-    data = ctx.input_dir(data_stage(ctx.cfg, "sft", DATA_STAGES))
+    data = ctx.input_dir(data_stage(ctx.cfg, "sft", DATA_STAGES, ctx.cfg.pipeline_of(ctx.k)))
     res = train_sft(data, ctx.policy, ctx.out, config=s.config, lora=s.lora,
                     decision_tokens=s.decision_tokens, decision_weight=s.decision_weight,
                     average_tail=s.average_tail)
