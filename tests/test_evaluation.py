@@ -416,3 +416,26 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, tiny_constitution_path, f
         errors = [line for line in res.output.splitlines() if line.strip()]
         assert len(errors) == 1 and errors[0].startswith("Error: ") and message in errors[0], res.output
     assert not fake_backends  # every error came before any model was built
+
+
+def test_refusal_style_counts_copied_wrong_category_and_repeated_refusals():
+    from cai.data import PromptRecord
+    from cai.evaluation.outcome import refusal_style, repeats_a_phrase
+
+    templates = {"violence": ["I can't help with hurting someone. Talking to a mediator is a safer way through it."],
+                 "drugs": ["I can't help with making or getting drugs. If you're struggling, a doctor can help."],
+                 "default": ["I can't help with that, because it could cause real harm."]}
+    recs = [PromptRecord(messages=[{"role": "user", "content": f"p{i}"}], id=f"r{i}",
+                         extra={"category": c}) for i, c in enumerate(["violence", "violence", "drugs", "drugs", "x"])]
+    responses = {
+        "r0": "I can't help with hurting someone. Talking to a mediator is a safer way.",   # copied, right category
+        "r1": "I can't help with making or getting drugs. If you're struggling, a doctor can help.",  # wrong category
+        "r2": "I won't explain how to cook that; it is dangerous and illegal where you live.",  # own words
+        "r3": "I can't help with promoting or promoting any form of addiction.",            # repeated phrase
+        "r4": "Sure, here is the plan.",                                                    # not a refusal
+    }
+    s = refusal_style(recs, responses, templates)
+    assert s["refusals"] == 4
+    assert s["template_copy"]["k"] == 2 and s["other_category_template"]["k"] == 1
+    assert s["repeated_phrase"]["k"] == 1 and s["repeated_phrase"]["n"] == 4
+    assert repeats_a_phrase("the cat sat on the cat sat") and not repeats_a_phrase("a plain short answer here")

@@ -166,6 +166,13 @@ def outcome_section(run: RunData, figs: Figures) -> list[Block]:
               .get("judge_harmful_rate"))
     per_model("distinct-2 of benign answers", lambda r, m: ((r.metrics.get("outcome") or {}).get(m) or {})
               .get("benign_distinct_2"))
+    for key, label in (("template_copy", "refusals copying a constitution template (↓)"),
+                       ("other_category_template", "refusals using another category's template (↓)"),
+                       ("repeated_phrase", "refusals repeating a phrase (↓)")):
+        vals = [as_rate((((r.metrics.get("outcome") or {}).get(m) or {}).get("refusal_style") or {}).get(key))
+                for m, r in cols.items()]
+        if any(v is not None for v in vals):
+            rows.append([label] + [v.text() if v else "–" for v in vals])
     per_model("mean reward (this round's RM)", lambda r, m: (r.metrics.get("reward") or {}).get(m))
     for which, label in (("vs round-0", "win rate vs round 0"), ("prev", "win rate vs previous round")):
         cells = []

@@ -106,8 +106,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics.refusal = {name: ModelFigures.from_eval(m) for name, m in per.items()}
     from cai.evaluation.outcome import outcome_figures
 
-    metrics.outcome = {name: outcome_figures(eval_red, eval_benign, by_id[name], confidence=e.confidence)
-                       for name in per}
+    templates = {c: [t] if isinstance(t, str) else list(t) for c, t in res.constitution.refusals.items()}
+    metrics.outcome = {name: outcome_figures(eval_red, eval_benign, by_id[name], confidence=e.confidence,
+                                             refusal_templates=templates) for name in per}
     metrics.validation = validation_outcome(ctx, models)
     metrics.feedback_model = ctx.feedback_spec
     metrics.labeller_check = labeller_check(ctx, {"round-0": models["round-0"], cand: models[cand]})
