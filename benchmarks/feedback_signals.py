@@ -38,6 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="NAME=SPEC (embedded name or model dir); "
                     "name one 'base' for the implicit-reward signals")
+    ap.add_argument("--score", action="append", default=None,
+                    help="score only these models (NAME; repeatable); the others load as references only")
     ap.add_argument("--pairs", default=str(ROOT / "examples" / "labelled_pairs.jsonl"))
     ap.add_argument("--constitution", default="harmless")
     ap.add_argument("--signals", default="judge,judge_all,loglik,loglik_mean,opening,implicit,implicit_opening,"
@@ -69,6 +71,8 @@ def main() -> None:
     print(f"{len(pairs)} pairs: " + ", ".join(f"{d} {sum(q.direction == d for q in pairs)}" for d in DIRECTIONS))
     print(f"{'model':10} {'signal':17} " + " ".join(f"{d:>22}" for d in DIRECTIONS) + "  consist  conf   secs")
     for name, backend in backends.items():
+        if args.score and name not in args.score:
+            continue
         for signal in signals:
             if signal in NEEDS_REFERENCE and (base is None or backend is base):
                 continue

@@ -9,7 +9,7 @@ import pytest
 from cai.rounds import get_stage, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_CONFIGS = ["quickstart.yaml", "card-chain.yaml"]
+RUN_CONFIGS = ["quickstart.yaml", "card-chain.yaml", "self-improve.yaml"]
 
 
 @pytest.mark.parametrize("name", RUN_CONFIGS)

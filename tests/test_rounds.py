@@ -280,3 +280,17 @@ def test_later_rounds_run_their_own_pipeline_on_the_models_own_feedback(tmp_path
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert stages["round-3/scored-pairs"]["summary"]["feedback_model"] == str(out / "round-2" / "dpo")
     assert json.loads((out / "manifest.json").read_text())["final_policy"] == str(out / "round-3" / "dpo")
+
+
+def test_the_labelled_pair_set_enters_only_the_keys_of_the_stages_that_read_it(tmp_path, tiny_model_dir):
+    from cai.rounds import load_run_config
+    from cai.rounds.runner import Run
+    from cai.rounds.spec import get_stage
+
+    with_pairs = Run(load_run_config(write_config(tmp_path / "a.yaml", tiny_model_dir)), tmp_path / "a")
+    cfg = load_run_config(write_config(tmp_path / "b.yaml", tiny_model_dir))
+    cfg.prompts = cfg.prompts.model_copy(update={"labelled_pairs": None})
+    without = Run(cfg, tmp_path / "b")
+    for name, same in (("revisions", True), ("sft", True), ("reward", True), ("preferences", False), ("eval", False)):
+        a, b = with_pairs._key(1, get_stage(name))[0], without._key(1, get_stage(name))[0]
+        assert (a == b) is same, name

@@ -189,12 +189,20 @@ def check_run_config(cfg: RunConfigBase, *, source: str) -> None:
             raise UserInputError(f"{source}: prompts.labelled_pairs: {e}") from None
 
 
+#: Settings left out of their section's hash: only the stages that declare them (by full path) read them.
+#: The labelled pair set measures feedback models and trains nothing, so setting it reruns no
+#: training stage, and a run begun before it existed resumes.
+_DECLARED_ONLY = {"prompts": {"labelled_pairs"}}
+
+
 def lookup(cfg: RunConfigBase, dotted: str) -> Any:
     """A run-level setting by dotted path (``models.policy``), as plain data for hashing."""
     node: Any = cfg
     for part in dotted.split("."):
         node = getattr(node, part)
-    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
+    if isinstance(node, BaseModel):
+        return node.model_dump(mode="json", exclude=_DECLARED_ONLY.get(dotted))
+    return node
 
 
 __all__ = ["ModelsConfig", "PromptsConfig", "RunConfigBase", "run_config_class", "load_run_config",

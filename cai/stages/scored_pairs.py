@@ -51,6 +51,8 @@ class ScoredPairsConfig(BaseModel):
     min_margin: float = Field(0.0, ge=0, description="Drop pairs whose best and worst scores differ by less.")
     sets: list[Literal["red_team", "helpful"]] = Field(
         default_factory=lambda: ["red_team", "helpful"], description="Which training prompt sets to sample on.")
+    prompts_per_set: int | None = Field(None, ge=1, description=(
+        "At most this many prompts of each set per round, a new slice each round (null: all)."))
 
     @property
     def sampling(self) -> SamplingParams:

@@ -191,6 +191,6 @@ def check(cfg: Any, source: str) -> None:
 STAGE = register_stage(RoundStage(
     name="eval", run=run, config=EvalConfig, check=check, reads_policy=True, reads_new_policy=True, restart=True,
     optional_inputs=("reward", "preferences"),
-    uses=DEFAULT_USES + ("models.feedback", "constitution"), templates=("initial_response", "preference"),
+    uses=DEFAULT_USES + ("models.feedback", "constitution", "prompts.labelled_pairs"), templates=("initial_response", "preference"),
     description="Evaluate the round's policy on held-out prompts: refusal, over-refusal, win rates.",
 ))

@@ -32,7 +32,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = register_stage(RoundStage(
     name="preferences", run=run, config=LabelConfig, inputs=("sft",),
-    uses=DEFAULT_USES + ("models.feedback", "constitution"),
+    uses=DEFAULT_USES + ("models.feedback", "constitution", "prompts.labelled_pairs"),
     templates=("preference", "preference_cot"),
     description="Soft (A)/(B) labels from the feedback model, both orders.",
 ))

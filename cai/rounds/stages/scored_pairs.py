@@ -25,15 +25,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         check = measure_signal(s.signal, feedback, load_labelled_pairs(ctx.cfg.prompts.labelled_pairs),
                                reference=reference)
-    res = run_scored_pairs(ctx.prompts("red_team"), ctx.prompts("helpful"), ctx.out, ctx.res.constitution, policy,
+    res = run_scored_pairs(_slice(ctx, "red_team"), _slice(ctx, "helpful"), ctx.out, ctx.res.constitution, policy,
                            feedback, config=s, templates=ctx.res.templates(), reference=reference,
                            overwrite=ctx.fresh, progress=ctx.res.progress, chunk_size=ctx.cfg.chunk_size)
     return {**counts(res), "feedback_model": ctx.feedback_spec, "signal": s.signal,
             **({"labeller_check": check} if check else {})}
 
 
+def _slice(ctx: StageContext, which: str) -> list[Any]:
+    """The round's prompts of one set, cut to ``prompts_per_set``: round k takes the k-th slice (wrapping)."""
+    recs = ctx.prompts(which)
+    n = ctx.section.prompts_per_set
+    if not n or n >= len(recs):
+        return recs
+    start = ((ctx.k - 1) * n) % len(recs)
+    return (recs + recs)[start : start + n]
+
+
 STAGE = register_stage(RoundStage(
     name="scored-pairs", run=run, config=ScoredPairsConfig, reads_policy=True,
-    uses=DEFAULT_USES + ("models.feedback", "constitution"), templates=("initial_response",),
+    uses=DEFAULT_USES + ("models.feedback", "constitution", "prompts.labelled_pairs"), templates=("initial_response",),
     description="The policy's own samples, best vs worst by an own-feedback signal (self-rewarding pairs).",
 ))
