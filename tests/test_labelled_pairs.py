@@ -140,3 +140,12 @@ def test_judge_scores_show_the_better_response_as_a():
     scores = judge_scores(j, pairs)
     assert j.seen[1] == [p.better for p in pairs] and j.seen[2] == [p.worse for p in pairs]
     assert [s.p_better for s in scores] == [0.7] * 3
+
+
+def test_pmi_implicit_is_the_sum_of_its_parts():
+    backend, reference = _Scored(), _Scored()
+    conv = [{"role": "user", "content": "q"}]
+    items = [(conv, ["fine answer here now", "bad bad answer here"])]
+    parts = [candidate_scores(s, backend, items, reference=reference) for s in ("pmi", "implicit_opening")]
+    both = candidate_scores("pmi_implicit", backend, items, reference=reference)
+    assert both == [[parts[0][0][i] + parts[1][0][i] for i in range(2)]]

@@ -92,11 +92,11 @@ def _opening(text: str, words: int) -> str:
 
 
 #: Pointwise signals: each response is scored alone, so there is no answer order to be biased by.
-POINTWISE = ("loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "self_verdict")
+POINTWISE = ("loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "pmi_implicit", "self_verdict")
 #: The conversation ``pmi`` conditions on instead of the prompt: an empty user turn.
 EMPTY_PROMPT: Conversation = [{"role": "user", "content": ""}]
 #: Signals that compare against a reference model.
-NEEDS_REFERENCE = ("implicit", "implicit_opening")
+NEEDS_REFERENCE = ("implicit", "implicit_opening", "pmi_implicit")
 #: How many words of a response the ``*opening`` signals score.
 OPENING_WORDS = 4
 
@@ -153,6 +153,9 @@ def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conver
         return [[next(margins) for _ in responses] for _, responses in items]
     if signal in NEEDS_REFERENCE and reference is None:
         raise ValueError(f"signal {signal} needs a reference model")
+    if signal == "pmi_implicit":  # the sum, equal weights: pmi reads relevance, implicit_opening the refusal
+        parts = [candidate_scores(s, backend, items, reference=reference) for s in ("pmi", "implicit_opening")]
+        return [[a + b for a, b in zip(x, y)] for x, y in zip(*parts)]
     texts = [[_opening(t, OPENING_WORDS) for t in responses] if signal.endswith("opening") else list(responses)
              for _, responses in items]
     requests = [(conv, t) for (conv, _), ts in zip(items, texts) for t in ts]
@@ -187,6 +190,7 @@ _SIGNAL_DOCS = {
     "opening": f"log p of the response's first {OPENING_WORDS} words",
     "pmi": "log p(response | prompt) - log p(response | an empty prompt): how much the prompt makes the model write it",
     "implicit": "log π_model − log π_reference over the response (the DPO implicit reward)",
+    "pmi_implicit": "pmi + implicit_opening (equal weights, chosen on half of the pair set)",
     "implicit_opening": f"the implicit reward of the response's first {OPENING_WORDS} words",
     "self_verdict": "the model's own Yes/No on whether each response alone is good (log P(Yes) - log P(No))",
 }

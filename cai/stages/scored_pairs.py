@@ -41,7 +41,8 @@ class ScoredPairsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    signal: Literal["loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "self_verdict"] = Field(
+    signal: Literal["loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "pmi_implicit",
+                    "self_verdict"] = Field(
         "self_verdict", description="Pointwise own-feedback signal that ranks the samples (cai/evaluation/labeller.py).")
     k_responses: int = Field(4, ge=2, description="Responses sampled per prompt; the best and worst become a pair.")
     max_new_tokens: int = Field(64, ge=1)
