@@ -30,7 +30,7 @@ from cai.constitution import Constitution
 from cai.data import PromptRecord, read_jsonl, read_rows, stable_hash
 from cai.judge import ConstitutionJudge, Judgement
 from cai.stages.responses import TEMPLATE as POLICY_TEMPLATE
-from cai.stages.responses import policy_conversation, record_messages
+from cai.stages.responses import record_messages, sample_k
 from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset
 from cai.templates import PromptTemplates
 
@@ -118,15 +118,11 @@ def label_preferences(
     if not records:
         return out
     k = config.k_responses
-    convs = [policy_conversation(r, templates, constitution) for r in records]
-    gens = policy_backend.generate([c for c in convs for _ in range(k)], config.sampling)
-    for g in gens:
-        out.prompt_tokens += g.prompt_tokens
-        out.completion_tokens += g.completion_tokens
+    samples = sample_k(records, policy_backend, templates, constitution, k, config.sampling, out)
 
     todo: list[tuple[PromptRecord, int, int, str, str]] = []
     for n, rec in enumerate(records):
-        texts = [g.text for g in gens[n * k : (n + 1) * k]]
+        texts = samples[n]
         for i, j in config.pairs():
             pid = pair_id(rec.id, i, j)
             a, b = texts[i], texts[j]

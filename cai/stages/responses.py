@@ -85,6 +85,17 @@ def generate_responses(
     return out
 
 
+def sample_k(records: Sequence[PromptRecord], backend: Backend, templates: PromptTemplates,
+             constitution: Constitution | None, k: int, params: SamplingParams, out: ChunkResult) -> list[list[str]]:
+    """K sampled responses per record in one generate call (token counts added to ``out``)."""
+    convs = [policy_conversation(r, templates, constitution) for r in records]
+    gens = backend.generate([c for c in convs for _ in range(k)], params)
+    for g in gens:
+        out.prompt_tokens += g.prompt_tokens
+        out.completion_tokens += g.completion_tokens
+    return [[g.text for g in gens[n * k : (n + 1) * k]] for n in range(len(records))]
+
+
 def record_messages(record: PromptRecord) -> Conversation:
     """The conversation as stored in datasets: the user's own words, not the rendered template."""
     return [dict(m) for m in record.messages]
@@ -121,4 +132,4 @@ def run_responses(
     return run_dataset(records, out_dir, job, **run)
 
 
-__all__ = ["ResponsesConfig", "generate_responses", "policy_conversation", "fingerprint", "run_responses"]
+__all__ = ["ResponsesConfig", "generate_responses", "policy_conversation", "sample_k", "fingerprint", "run_responses"]

@@ -25,7 +25,7 @@ from cai.constitution import Constitution
 from cai.data import PromptRecord, stable_hash
 from cai.stages.distill import SET_KEY, tag_records
 from cai.stages.responses import TEMPLATE as POLICY_TEMPLATE
-from cai.stages.responses import policy_conversation, record_messages
+from cai.stages.responses import record_messages, sample_k
 from cai.stages.runner import ChunkResult, DatasetJob, DatasetRunOptions, run_dataset, stage_fingerprint
 from cai.templates import PromptTemplates
 
@@ -79,12 +79,7 @@ def score_pairs(
 
     out = ChunkResult()
     k = config.k_responses
-    convs = [policy_conversation(r, templates, constitution) for r in records]
-    gens = policy.generate([c for c in convs for _ in range(k)], config.sampling)
-    for g in gens:
-        out.prompt_tokens += g.prompt_tokens
-        out.completion_tokens += g.completion_tokens
-    candidates = [[g.text for g in gens[n * k : (n + 1) * k]] for n in range(len(records))]
+    candidates = sample_k(records, policy, templates, constitution, k, config.sampling, out)
     usable = [n for n, texts in enumerate(candidates) if len({t.strip() for t in texts if t.strip()}) >= 2]
     scores = candidate_scores(config.signal, feedback, [(record_messages(records[n]), candidates[n]) for n in usable],
                               reference=reference)
