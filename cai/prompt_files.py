@@ -114,6 +114,7 @@ def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRe
     if not p.exists():
         raise DataError(f"{p}: prompt file not found; check the path")
     records: list[PromptRecord] = []
+    wheres: list[str] = []  # where each record came from, for errors about two of them
     if p.is_dir():
         if (p / DATA_FILE).is_file():  # a cai dataset directory: its rows
             return load_prompts(p / DATA_FILE, limit=limit)
@@ -127,11 +128,13 @@ def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRe
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
         for i, obj in enumerate(ds):
             records.append(_record_from_obj(obj, f"{p}[row {i}]"))
+            wheres.append(f"row {i}")
             if limit and len(records) >= limit:
                 break
     elif p.suffix == ".jsonl" or p.suffix == ".json":
         for where, obj in iter_jsonl_objects(p):
             records.append(_record_from_obj(obj, where))
+            wheres.append(f"line {where.rsplit(':', 1)[1]}")
             if limit and len(records) >= limit:
                 break
     elif p.suffix == ".csv":
@@ -142,6 +145,7 @@ def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRe
             for obj in reader:
                 where = f"{p}:{reader.line_num}"
                 records.append(_record_from_obj({k: v for k, v in obj.items() if k}, where))
+                wheres.append(f"line {reader.line_num}")
                 if limit and len(records) >= limit:
                     break
         except csv.Error as e:
@@ -156,7 +160,19 @@ def load_prompts(path: str | Path, *, limit: int | None = None) -> list[PromptRe
         raise DataError(f"{p}: unknown prompt file type; use .jsonl, .csv, .txt or a dataset directory")
     if not records:
         raise DataError(f"{p}: no prompts found; the file is empty")
+    _check_explicit_ids(p, records, wheres)
     return dedup_ids(records)
+
+
+def _check_explicit_ids(path: Path, records: list[PromptRecord], wheres: list[str]) -> None:
+    """Two rows may share an id only when they hold the same prompt (then they are one prompt);
+    different prompts under one id would silently become one, so that is an error."""
+    first: dict[str, int] = {}
+    for i, (r, where) in enumerate(zip(records, wheres)):
+        j = first.setdefault(r.id, i)
+        if j != i and records[j].messages != r.messages:
+            raise DataError(f"{path}: {wheres[j]} and {where} share id {r.id!r} but hold different prompts; "
+                            "give each its own id (identical prompts may share one)")
 
 
 def dedup_ids(records: list[PromptRecord]) -> list[PromptRecord]:

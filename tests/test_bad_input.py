@@ -177,3 +177,35 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
     f.write_text("name: a\nbase: &b {lr: 1, steps: 2}\nsft:\n  <<: *b\n  lr: 3\n")
     cfg = load_yaml_model(f, _Config)
     assert cfg.model_extra["sft"] == {"lr": 3, "steps": 2}
+
+
+def test_two_different_prompts_under_one_id_name_both_lines(tmp_path):
+    import json
+
+    from cai.data import load_prompts
+    from cai.errors import DataError
+
+    p = tmp_path / "p.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "prompt": "First question?"}, {"id": "b", "prompt": "Second?"},
+        {"id": "a", "prompt": "First question?"},        # the same prompt again: one prompt
+        {"id": "a", "prompt": "A different question?"},  # another prompt, same id: refused
+    ]) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl: line 1 and line 4 share id 'a' but hold different prompts"):
+        load_prompts(p)
+    p.write_text("\n".join(json.dumps(r) for r in [{"id": "a", "prompt": "Q?"}, {"id": "a", "prompt": "Q?"}]) + "\n")
+    assert len(load_prompts(p)) == 1
+
+
+def test_duplicate_ids_exit_2_from_the_cli(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"id": "x", "prompt": "One?"}) + "\n" + json.dumps({"id": "x", "prompt": "Two?"}) + "\n")
+    r = CliRunner().invoke(cli, ["generate", "responses", "-p", str(p), "--out", str(tmp_path / "out"),
+                                 "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "line 1 and line 2 share id 'x'" in r.output, r.output
