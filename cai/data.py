@@ -45,6 +45,8 @@ CARD_FILE = "README.md"
 #: Hidden from `datasets`' file patterns, so loaders see only the rows.
 CAI_DIR = ".cai"
 FAILURES_FILE = f"{CAI_DIR}/failures.jsonl"
+#: Lines of data.jsonl that were not JSON (a disk fault, a hand edit), moved aside on resume.
+QUARANTINE_FILE = f"{CAI_DIR}/quarantine.jsonl"
 META_FILE = f"{CAI_DIR}/cai_dataset.json"
 #: Where directories written before ``.cai/`` kept these files (read, and moved by the next writer).
 LEGACY_FILES = {"cai_dataset.json": META_FILE, "failures.jsonl": FAILURES_FILE}
@@ -73,6 +75,33 @@ def _repair_tail(path: Path) -> None:
         cut = data.rfind(b"\n") + 1
         f.seek(cut)
         f.truncate()
+
+
+def _quarantine_corrupt_lines(path: Path, quarantine: Path) -> int:
+    """Move lines of ``path`` that are not JSON objects into ``quarantine`` (with their line number);
+    returns how many. Their rows are then not done, so a resume makes them again, and the file
+    loads with ``datasets`` and TRL again."""
+    if not path.exists():
+        return 0
+    good, bad = [], []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except json.JSONDecodeError:
+                ok = False
+            (good if ok else bad).append(line if ok else {"line": lineno, "text": line.rstrip("\n")})
+    if not bad:
+        return 0
+    with quarantine.open("a", encoding="utf-8") as q:
+        for item in bad:
+            q.write(json.dumps({**item, "quarantined": time.time()}, ensure_ascii=False) + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(good), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(bad)
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -184,6 +213,10 @@ class DatasetWriter:
             self._write_meta(status="running", counts={}, summary={})
         _repair_tail(self.data_path)
         _repair_tail(self.fail_path)
+        moved = _quarantine_corrupt_lines(self.data_path, self.dir / QUARANTINE_FILE)
+        if moved:
+            log.warning("%s: %d corrupt line(s) moved to %s; their rows are made again", self.data_path, moved,
+                        QUARANTINE_FILE)
         self.done_ids: set[str] = {r["id"] for r in read_jsonl(self.data_path) if "id" in r}
         self.failed_ids: set[str] = {r["id"] for r in read_jsonl(self.fail_path) if "id" in r}
 

@@ -92,3 +92,26 @@ def test_writer_refuses_other_settings(tmp_path):
         DatasetWriter(tmp_path / "d", kind="responses", fingerprint={"model": "other"})
     w = DatasetWriter(tmp_path / "d", kind="responses", fingerprint={"model": "other"}, overwrite=True)
     assert w.done_ids == set()
+
+
+def test_a_corrupt_line_in_the_middle_is_quarantined_on_resume_and_its_row_made_again(tmp_path, caplog):
+    import json
+
+    from cai.data import QUARANTINE_FILE, DatasetWriter, read_jsonl
+
+    fp = {"stage": "t"}
+    w = DatasetWriter(tmp_path / "d", kind="sft", fingerprint=fp)
+    w.write([{"id": f"r{i}", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(4)])
+    w.finalize({}, title="t")
+    lines = (tmp_path / "d" / "data.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = lines[1][: len(lines[1]) // 2] + "\n"  # half a line, in the middle of the file
+    (tmp_path / "d" / "data.jsonl").write_text("".join(lines))
+    w = DatasetWriter(tmp_path / "d", kind="sft", fingerprint=fp)
+    assert w.done_ids == {"r0", "r2", "r3"} and not w.is_done("r1")  # r1 is made again
+    quarantined = list(read_jsonl(tmp_path / "d" / QUARANTINE_FILE))
+    assert [q["line"] for q in quarantined] == [2] and quarantined[0]["text"] == lines[1].rstrip("\n")
+    assert "1 corrupt line(s) moved" in caplog.text
+    assert all(json.loads(line) for line in (tmp_path / "d" / "data.jsonl").read_text().splitlines())
+    import datasets
+
+    assert datasets.load_dataset(str(tmp_path / "d"), split="train").num_rows == 3
