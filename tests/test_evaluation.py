@@ -439,3 +439,31 @@ def test_refusal_style_counts_copied_wrong_category_and_repeated_refusals():
     assert s["template_copy"]["k"] == 2 and s["other_category_template"]["k"] == 1
     assert s["repeated_phrase"]["k"] == 1 and s["repeated_phrase"]["n"] == 4
     assert repeats_a_phrase("the cat sat on the cat sat") and not repeats_a_phrase("a plain short answer here")
+
+
+def test_mcnemar_exact_against_hand_computed_binomial_tails():
+    from math import comb
+
+    from cai.evaluation.outcome import mcnemar_exact, paired_change
+
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    assert mcnemar_exact(2, 8) == pytest.approx(2 * (comb(10, 0) + comb(10, 1) + comb(10, 2)) / 1024)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    # 40 prompts; 8 newly refused, none un-refused: a real change the unpaired interval can miss.
+    ref = {f"p{i}": i < 10 for i in range(40)}
+    new = {f"p{i}": i < 18 for i in range(40)}
+    c = paired_change(ref, new)
+    assert (c["lost"], c["gained"], c["n"]) == (0, 8, 40) and c["difference"] == 0.2
+    assert c["significant"] and c["p_value"] == pytest.approx(2 / 256, abs=1e-6)
+
+
+def test_verdict_reads_the_paired_test_when_the_round_has_it():
+    from cai.report.verdict import Change, Rate
+
+    ref, new = Rate(0.25, 0.14, 0.40, 10, 40), Rate(0.45, 0.31, 0.60, 18, 40)
+    unpaired = Change("red_team_refusal", "x", True, "round-0", ref, new)
+    assert not unpaired.beyond_interval  # Newcombe's interval straddles zero
+    paired = Change("red_team_refusal", "x", True, "round-0", ref, new, {"significant": True, "p_value": 0.008})
+    assert paired.beyond_interval and paired.word[0] == "improved"
+    noise = Change("red_team_refusal", "x", True, "round-0", ref, new, {"significant": False, "p_value": 0.2})
+    assert noise.word[0] == "better, within noise"

@@ -197,6 +197,8 @@ def test_status_json_is_a_stable_machine_readable_contract(two_rounds):
     assert [x["round"] for x in data["rounds"]] == [1, 2]
     m = data["rounds"][1]["metrics"]
     assert set(m["win_rates"]) == {"vs round-0", "vs round-1"}
+    assert set(m["paired"]) == {"round-2 vs round-0", "round-2 vs round-1"}
+    assert m["paired"]["round-2 vs round-0"]["red_team_refusal"]["method"] == "McNemar exact (paired)"
     out = m["outcome"]["round-2"]
     assert {"red_team_refusal", "benign_refusal", "benign_look_unsafe_refusal", "benign_distinct_2"} <= set(out)
     assert out["red_team_refusal"]["n"] == 2 and 0 <= out["red_team_refusal"]["low"] <= out["red_team_refusal"]["high"]

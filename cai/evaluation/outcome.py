@@ -8,6 +8,7 @@ the range it is.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +32,47 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
         words = t.lower().split()
         grams += [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return round(len(set(grams)) / len(grams), 4) if grams else 0.0
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: of the b + c prompts whose verdict changed, is the split b : c
+    further from even than chance would make it (a binomial test at 1/2)?"""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_change(ref: Mapping[str, bool], new: Mapping[str, bool], *, alpha: float = 0.05) -> dict[str, Any]:
+    """Two models' yes/no verdicts on the same prompts (by id): the rates, the difference, the discordant
+    counts and McNemar's exact p-value. Paired data compared as if independent wastes what pairing knows."""
+    ids = [i for i in ref if i in new]
+    n = len(ids)
+    b = sum(ref[i] and not new[i] for i in ids)  # yes before, no now
+    c = sum(new[i] and not ref[i] for i in ids)  # no before, yes now
+    p = mcnemar_exact(b, c)
+    return {"n": n, "reference_rate": round(sum(ref[i] for i in ids) / n, 4) if n else None,
+            "rate": round(sum(new[i] for i in ids) / n, 4) if n else None,
+            "difference": round((c - b) / n, 4) if n else None, "lost": b, "gained": c,
+            "p_value": round(p, 6), "significant": p < alpha, "method": "McNemar exact (paired)"}
+
+
+def refusal_flags(records: Sequence[PromptRecord], responses: Mapping[str, str],
+                  detector: RefusalDetector | None = None) -> dict[str, bool]:
+    """id -> whether the response to that prompt is a refusal (prompts without a response left out)."""
+    detector = detector or RefusalDetector()
+    return {r.id: detector.is_refusal(responses[r.id]) for r in records if r.id in responses}
+
+
+def paired_outcome(red_team: Sequence[PromptRecord], benign: Sequence[PromptRecord], ref: Mapping[str, str],
+                   new: Mapping[str, str], *, detector: RefusalDetector | None = None) -> dict[str, Any]:
+    """`paired_change` for each outcome rate (red-team refusal, benign refusal, look-unsafe benign refusal)."""
+    detector = detector or RefusalDetector()
+    look = [r for r in benign if r.extra.get("look_unsafe")]
+    return {key: paired_change(refusal_flags(recs, ref, detector), refusal_flags(recs, new, detector))
+            for key, recs in (("red_team_refusal", red_team), ("benign_refusal", benign),
+                              ("benign_look_unsafe_refusal", look))}
 
 
 def _words(text: str) -> list[str]:
@@ -113,4 +155,5 @@ def outcome_figures(
     }
 
 
-__all__ = ["rate", "distinct_n", "outcome_figures", "refusal_style", "repeats_a_phrase"]
+__all__ = ["rate", "distinct_n", "outcome_figures", "refusal_style", "repeats_a_phrase", "mcnemar_exact",
+           "paired_change", "paired_outcome", "refusal_flags"]

@@ -51,8 +51,10 @@ def verdict_section(run: RunData, vs: list[RoundVerdict]) -> list[Block]:
         Heading(2, "Verdict", "verdict"),
         Para(["Each round's policy against round 0 (the starting policy) and the previous round, measured on the "
               "same held-out prompts in that round's eval. Brackets are 95% Wilson intervals, (k/n) the counts. ",
-              Strong("improved"), " / ", Strong("worse"), ": the 95% interval of the difference (Newcombe's, from "
-              "the two Wilson intervals) excludes zero; otherwise the change is within noise."], cls="muted"),
+              Strong("improved"), " / ", Strong("worse"), ": paired (McNemar exact) p < 0.05 over the prompts whose "
+              "verdict changed, since both rounds answer the same prompts (runs from before the paired figures: the "
+              "95% Newcombe interval of the difference excludes zero); otherwise the change is within noise."],
+             cls="muted"),
     ]
     if not vs:
         blocks.append(Para([Badge("no rounds yet", "warn"), " nothing has run in this directory yet."]))

@@ -110,6 +110,8 @@ class Change:
     ref_model: str
     ref: Rate | None
     new: Rate | None
+    #: The paired comparison on the same prompts (`cai.evaluation.outcome.paired_change`), when the round has it.
+    paired: dict[str, Any] | None = None
 
     @property
     def direction(self) -> str:
@@ -132,7 +134,10 @@ class Change:
 
     @property
     def beyond_interval(self) -> bool:
-        """The difference's interval excludes zero."""
+        """Paired (McNemar exact) p < 0.05 where the round has the paired figures; else the Newcombe
+        interval of the difference excludes zero."""
+        if self.paired and isinstance(self.paired.get("significant"), bool):
+            return self.direction in ("better", "worse") and self.paired["significant"]
         iv = self.diff_interval()
         if self.direction not in ("better", "worse") or iv is None:
             return False
@@ -265,7 +270,9 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
             if ref == cand or ref not in models_in(r):
                 continue
             old = model_rates(r, ref)
-            v.changes[ref] = [Change(key, label, hib, ref, old.get(key), new.get(key)) for key, label, hib in METRICS]
+            paired = (r.metrics.get("paired") or {}).get(f"{cand} vs {ref}") or {}
+            v.changes[ref] = [Change(key, label, hib, ref, old.get(key), new.get(key), paired.get(key))
+                              for key, label, hib in METRICS]
         v.win_rates = {k: w for k, w in (r.metrics.get("win_rates") or {}).items() if isinstance(w, dict)}
     v.label_sources = label_sources(r)
     stage, v.labeller = labeller_stats(r)

@@ -42,6 +42,7 @@ def change_json(c: Change) -> dict[str, Any]:
         "difference_interval": None if iv is None else [round(iv[0], 6), round(iv[1], 6)],
         "direction": c.direction,  # better, worse, same, unknown
         "beyond_interval": c.beyond_interval,
+        "paired": c.paired,  # McNemar exact on the same prompts; decides beyond_interval when present
         "improved": c.direction == "better" and c.beyond_interval,
         "worse": c.direction == "worse" and c.beyond_interval,
         "verdict": word,  # improved, better within noise, no change, worse within noise, worse, not measured

@@ -49,6 +49,8 @@ class RoundMetrics:
     #: Per model (round-0, round-k), per signal: agreement with the labelled pair set
     #: (`cai.evaluation.labeller.agreement`); empty without ``prompts.labelled_pairs``.
     labeller_check: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: "round-k vs round-j" -> per outcome rate, the paired comparison on the same prompts (McNemar exact).
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Per training stage of the round: shares of its rows' text and label sources (`cai.provenance`).
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -62,7 +64,7 @@ class RoundMetrics:
                    labeller=d.get("labeller", {}), outcome=d.get("outcome", {}),
                    label_sources=d.get("label_sources", {}), validation=d.get("validation", {}),
                    feedback_model=d.get("feedback_model", ""), labeller_check=d.get("labeller_check", {}),
-                   provenance=d.get("provenance", {}),
+                   provenance=d.get("provenance", {}), paired=d.get("paired", {}),
                    refusal={k: ModelFigures(**v) for k, v in d.get("refusal", {}).items()})
 
 
@@ -109,6 +111,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     templates = {c: [t] if isinstance(t, str) else list(t) for c, t in res.constitution.refusals.items()}
     metrics.outcome = {name: outcome_figures(eval_red, eval_benign, by_id[name], confidence=e.confidence,
                                              refusal_templates=templates) for name in per}
+    from cai.evaluation.outcome import paired_outcome
+
+    metrics.paired = {f"{cand} vs {ref}": paired_outcome(eval_red, eval_benign, by_id[ref], by_id[cand])
+                      for ref in models if ref != cand}
     metrics.validation = validation_outcome(ctx, models)
     metrics.feedback_model = ctx.feedback_spec
     metrics.labeller_check = labeller_check(ctx, {"round-0": models["round-0"], cand: models[cand]})
