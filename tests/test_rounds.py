@@ -296,3 +296,21 @@ def test_the_labelled_pair_set_enters_only_the_keys_of_the_stages_that_read_it(t
     for name, same in (("revisions", True), ("sft", True), ("reward", True), ("preferences", False), ("eval", False)):
         a, b = with_pairs._key(1, get_stage(name))[0], without._key(1, get_stage(name))[0]
         assert (a == b) is same, name
+
+
+def test_untrusted_own_labels_can_be_skipped_and_the_policy_passes_through(tmp_path, tiny_model_dir):
+    """if_untrusted: skip: round 2's only pairs fail their pair-set check, so DPO keeps round 1's model."""
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, **{
+        "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\n"
+                     "pipeline_from: {2: [scored-pairs, dpo, eval]}\nstages:\n",
+        "  eval: {": "  scored_pairs: {k_responses: 2, max_new_tokens: 8, signal: loglik}\n"
+                     "  dpo: {if_untrusted: skip, min_agreement: 1.0, config: {max_steps: 1, max_length: 256}}\n"
+                     "  eval: {"})
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    dpo = json.loads((out / "manifest.json").read_text())["stages"]["round-2/dpo"]["summary"]
+    assert dpo["skipped"] is True and "if_untrusted: skip, so no training" in dpo["label_source_why"]
+    same = (out / "round-2" / "dpo" / "model.safetensors").read_bytes() == \
+        (out / "round-1" / "sft" / "model.safetensors").read_bytes()
+    assert same

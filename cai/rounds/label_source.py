@@ -136,6 +136,15 @@ def provenance(data_dir: Path) -> dict[str, Any]:
     return provenance_shares(read_rows(data_dir))
 
 
+#: How `choose` says it fell back to model labels that failed their check (no other source was there).
+UNTRUSTED = "are used anyway"
+
+
+def untrusted(why: str) -> bool:
+    """Whether `choose` picked model labels only because nothing else was there."""
+    return UNTRUSTED in why
+
+
 def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:
     return {"label_source": source, "label_source_why": why, "data": str(data_dir)}
 

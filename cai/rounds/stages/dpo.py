@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import shutil
+from typing import Any, Literal
+
+from pydantic import Field
 
 from cai.rounds.context import StageContext
-from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe, provenance
+from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe, provenance, untrusted
 from cai.rounds.spec import RoundStage, register_stage
 from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
 
 
 class DPOSection(TrainSection, LabelSourceChoice):
-    pass
+    if_untrusted: Literal["train", "skip"] = Field("train", description=(
+        "When the only preference rows are model labels that failed their pair-set check: train on them "
+        "anyway, or skip (the round's policy passes through unchanged, and the summary says why)."))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -21,6 +26,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
     s = ctx.section
     # From this round's SFT model when the round has one; else (an own-feedback round) from its policy.
     start = str(ctx.input_dir("sft")) if ctx.has_input("sft") else ctx.policy
+    if s.if_untrusted == "skip" and untrusted(why):
+        from pathlib import Path
+
+        from cai.errors import UserInputError
+        from cai.models import resolve_model_path
+
+        # Training on labels at chance does not improve a policy (docs/own-feedback.md): keep it as it was.
+        path = Path(resolve_model_path(start))
+        if not path.is_dir():
+            raise UserInputError(f"stages.dpo.if_untrusted: skip passes {start} through, which needs a local model "
+                                 "directory; use if_untrusted: train or a local policy")
+        shutil.copytree(path, ctx.out, dirs_exist_ok=True)
+        return {**describe(source, data, why + "; if_untrusted: skip, so no training"), "skipped": True,
+                "provenance": provenance(data)}
     res = train_dpo(data, start, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
     return {**train_summary(res.summary), **describe(source, data, why), "provenance": provenance(data)}
 

@@ -95,7 +95,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.out.mkdir(parents=True, exist_ok=True)
     (ctx.out / "eval.json").write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
     metrics = RoundMetrics(win_rates={"vs round-0": per[cand]["win_rate"]})
-    if k > 1:  # the same responses, judged against the previous round's (one batched compare)
+    if k > 1 and e.win_rates:  # the same responses, judged against the previous round's (one batched compare)
         from cai.judge import ConstitutionJudge
 
         judge = ConstitutionJudge(res.constitution, res.backend(ctx.feedback_spec), templates=res.templates(),
