@@ -174,8 +174,9 @@ def labeller_check(ctx: StageContext, models: dict[str, str]) -> dict[str, dict[
     out: dict[str, dict[str, Any]] = {}
     for name, spec in models.items():
         backend = res.backend(spec)
-        out[name] = {s: measure_signal(s, backend, pairs, reference=reference, make_judge=make_judge,
-                                       confidence=e.confidence)
+        # Named by round, not by path: the figures of a run stay the same wherever its directory is.
+        out[name] = {s: {**measure_signal(s, backend, pairs, reference=reference, make_judge=make_judge,
+                                          confidence=e.confidence), "model": name}
                      for s in e.labeller_signals if not (s in NEEDS_REFERENCE and backend is reference)}
     return out
 
