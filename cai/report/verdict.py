@@ -1,7 +1,9 @@
 """The five-second reading of a round: did harmlessness and over-refusal move, by more than
 the noise, which labels trained it, and what should worry the reader.
 
-A change counts as *beyond its interval* when the 95% interval of the difference between the
+A change counts as *beyond noise* when McNemar's exact test on the prompts whose verdict changed
+gives p < 0.05 (the round's ``paired`` figures: both models answer the same prompts). Runs
+without them fall back to *beyond its interval*: the 95% interval of the difference between the
 round's rate and the reference's excludes zero. That interval is Newcombe's (hybrid score,
 built from the two Wilson intervals every rate carries), so it needs nothing but the stored
 figures; both rates come from the same held-out prompts in the same eval.
@@ -294,7 +296,9 @@ def round_verdict(run: RunData, r: RoundView) -> RoundVerdict:
             if c.direction != "worse":
                 continue
             if c.beyond_interval:
-                v.flags.append(Flag("bad", f"{c.label} got worse vs {ref.replace('-', ' ')} beyond its interval: "
+                how = (f"beyond noise (paired McNemar p = {c.paired['p_value']:.3g})" if c.paired
+                       and num(c.paired.get("p_value")) is not None else "beyond its interval")
+                v.flags.append(Flag("bad", f"{c.label} got worse vs {ref.replace('-', ' ')} {how}: "
                                            f"{c.ref.text()} → {c.new.text()}"))
             else:
                 v.flags.append(Flag("warn", f"{c.label} worse vs {ref.replace('-', ' ')}, within noise: "
