@@ -87,8 +87,11 @@ def test_scripted_replicas_merge_in_order_and_resume(ray_cluster, tmp_path):
     assert pool.actors == []
 
 
-def test_transformers_replicas_match_one_local_backend(ray_cluster, tiny_model_dir, tiny_backend):
-    pool = make_backend(str(tiny_model_dir), kind="ray", replicas=2, batch_size=4, device="cpu")
+def test_transformers_replicas_match_one_local_backend(ray_cluster, tiny_model_dir, tiny_backend_fp32):
+    # fp32 on both sides: in bf16 (auto on a CPU with bf16 units) rounding depends on the batch shape, and the
+    # pool's shards batch differently from one local call (a fresh clone once differed by 2.6e-4).
+    tiny_backend = tiny_backend_fp32
+    pool = make_backend(str(tiny_model_dir), kind="ray", replicas=2, batch_size=4, device="cpu", dtype="float32")
     try:
         assert isinstance(pool, RayBackend) and pool.describe()["inner_backend"] == "TransformersBackend"
         convs = [[{"role": "user", "content": "word " * (i + 1)}] for i in range(6)]
