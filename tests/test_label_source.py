@@ -118,3 +118,25 @@ def test_scored_pairs_label_the_round_when_their_signal_passes_and_the_judge_doe
     RunManifest(c.res.dir).update("round-1/scored-pairs", summary={"labeller_check": check})
     source, _, why = choose(c, c.section)
     assert source == "contrastive" and "judge: " in why and "scored: " in why and "not trusted" in why
+
+
+def test_decide_says_when_model_labels_are_taken_only_for_want_of_another_source(tmp_path):
+    import shutil
+
+    from cai.rounds.label_source import decide
+
+    pipeline = ["revisions", "helpful", "sft-data", "sft", "preferences", "dpo"]
+
+    def only_judge(c: StageContext) -> StageContext:  # the revisions stage has not written its pairs
+        shutil.rmtree(c.res.dir / "round-1" / "revisions")
+        return c
+
+    failing = only_judge(_with_pair_check(ctx(tmp_path / "a", pipeline),
+                                          {"refusal": 0.9, "answer": 0.1, "quality": 0.5}, 0.9))
+    d = decide(failing, failing.section)
+    assert d.source == "judge" and d.trusted is False and "used anyway" in d.why
+    passing = only_judge(_with_pair_check(ctx(tmp_path / "b", pipeline),
+                                          {"refusal": 0.9, "answer": 0.9, "quality": 0.9}, 0.9))
+    assert decide(passing, passing.section).trusted is True
+    at_chance = only_judge(ctx(tmp_path / "c", pipeline, consistency=0.1))  # no pair set: consistency decides
+    assert decide(at_chance, at_chance.section).trusted is False

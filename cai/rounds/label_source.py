@@ -12,6 +12,7 @@ reward model or DPO trained on noise does not make the policy better.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,8 +72,25 @@ def _judge_verdict(check: dict[str, Any], section: LabelSourceChoice) -> tuple[b
     return ok, why
 
 
+@dataclass(frozen=True)
+class LabelChoice:
+    """The preference rows a stage trains on, why, and whether their labeller passed its check."""
+
+    source: str
+    data: Path
+    why: str
+    #: False when model labels were taken only because no other source was in the pipeline.
+    trusted: bool = True
+
+
 def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, str]:
-    """(source, dataset dir, why) for this round."""
+    """(source, dataset dir, why) for this round (`decide` has the whole choice)."""
+    c = decide(ctx, section)
+    return c.source, c.data, c.why
+
+
+def decide(ctx: StageContext, section: LabelSourceChoice) -> LabelChoice:
+    """This round's label source, by the rules in the module docstring."""
     present = {name: ctx.has_input(stage) for name, (stage, _) in SOURCES.items()}
     checks = {s: labeller_check(ctx, s) for s in MODEL_LABELLED if present[s]}
     if section.label_source == "auto" and any(checks.values()):
@@ -89,7 +107,7 @@ def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, st
         if fallback is None:
             source = next(s for s, c in checks.items() if c)
             return _located(ctx, source, "; ".join(reasons) + f"; no other source in the pipeline, so the {source} "
-                                         "labels are used anyway")
+                                         "labels are used anyway", trusted=False)
         return _located(ctx, fallback, "; ".join(reasons) + ": model labels not trusted")
     consistency = labeller_consistency(ctx) if present["judge"] else None
     if section.label_source != "auto":
@@ -114,18 +132,19 @@ def choose(ctx: StageContext, section: LabelSourceChoice) -> tuple[str, Path, st
                f"< {section.min_position_consistency}: its labels are near chance")
         if source in MODEL_LABELLED:
             why += f"; no other source in the pipeline, so the {source} labels are used anyway"
+            return _located(ctx, source, why, trusted=False)
     if source == "judge" and section.label_source == "auto":
         why += " (no labelled pair set: set prompts.labelled_pairs to measure agreement per direction)"
     return _located(ctx, source, why)
 
 
-def _located(ctx: StageContext, source: str, why: str) -> tuple[str, Path, str]:
+def _located(ctx: StageContext, source: str, why: str, trusted: bool = True) -> LabelChoice:
     stage, _ = SOURCES[source]
     if source == "revision":
         from cai.stages.revision_pairs import preference_view
 
-        return source, preference_view(ctx.input_dir(stage)), why
-    return source, ctx.input_dir(stage), why
+        return LabelChoice(source, preference_view(ctx.input_dir(stage)), why, trusted)
+    return LabelChoice(source, ctx.input_dir(stage), why, trusted)
 
 
 def provenance(data_dir: Path) -> dict[str, Any]:
@@ -136,15 +155,6 @@ def provenance(data_dir: Path) -> dict[str, Any]:
     return provenance_shares(read_rows(data_dir))
 
 
-#: How `choose` says it fell back to model labels that failed their check (no other source was there).
-UNTRUSTED = "are used anyway"
-
-
-def untrusted(why: str) -> bool:
-    """Whether `choose` picked model labels only because nothing else was there."""
-    return UNTRUSTED in why
-
-
 def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:
     return {"label_source": source, "label_source_why": why, "data": str(data_dir)}
 
@@ -152,4 +162,4 @@ def describe(source: str, data_dir: Path, why: str) -> dict[str, Any]:
 #: The stages a label-source choice may read (declared as optional inputs).
 OPTIONAL_INPUTS = tuple(stage for stage, _ in SOURCES.values())
 
-__all__ = ["LabelSourceChoice", "choose", "describe", "provenance", "labeller_check", "labeller_consistency", "OPTIONAL_INPUTS"]
+__all__ = ["LabelSourceChoice", "LabelChoice", "choose", "decide", "describe", "provenance", "labeller_check", "labeller_consistency", "OPTIONAL_INPUTS"]

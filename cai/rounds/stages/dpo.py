@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from cai.rounds.context import StageContext
-from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, choose, describe, provenance, untrusted
+from cai.rounds.label_source import OPTIONAL_INPUTS, LabelSourceChoice, decide, describe, provenance
 from cai.rounds.spec import RoundStage, register_stage
 from cai.rounds.stages._common import TrainSection, check_trainer, train_summary
 
@@ -22,11 +22,12 @@ class DPOSection(TrainSection, LabelSourceChoice):
 def run(ctx: StageContext) -> dict[str, Any]:
     from cai.training import train_dpo
 
-    source, data, why = choose(ctx, ctx.section)
+    choice = decide(ctx, ctx.section)
+    source, data, why = choice.source, choice.data, choice.why
     s = ctx.section
     # From this round's SFT model when the round has one; else (an own-feedback round) from its policy.
     start = str(ctx.input_dir("sft")) if ctx.has_input("sft") else ctx.policy
-    if s.if_untrusted == "skip" and untrusted(why):
+    if s.if_untrusted == "skip" and not choice.trusted:
         from pathlib import Path
 
         from cai.errors import UserInputError
