@@ -149,3 +149,54 @@ def test_pmi_implicit_is_the_sum_of_its_parts():
     parts = [candidate_scores(s, backend, items, reference=reference) for s in ("pmi", "implicit_opening")]
     both = candidate_scores("pmi_implicit", backend, items, reference=reference)
     assert both == [[parts[0][0][i] + parts[1][0][i] for i in range(2)]]
+
+
+def _run_config(tmp_path: Path, extra: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(f"prompts: {{red_team: {ROOT}/examples/prompts/red_team.jsonl, "
+                 f"helpful: {ROOT}/examples/prompts/helpful.jsonl}}\n" + extra)
+    return p
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("pipeline: [distill, sft, eval]\nstages: {eval: {labeller_signals: [judge, vibes]}}\n",
+     "unknown signal 'vibes'; known: judge"),
+    ("pipeline: [distill, sft, eval]\npipeline_from: {1: [eval]}\n",
+     "pipeline_from: round 1: a later pipeline starts at round 2"),
+    ("pipeline: [distill, sft, eval]\npipeline_from: {2: [dpo, nope]}\n", "unknown stage 'nope'"),
+])
+def test_bad_run_settings_for_own_feedback_are_one_line_errors(tmp_path, extra, message):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["run", str(_run_config(tmp_path, extra)), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_a_broken_pair_file_in_a_run_config_names_the_field_and_the_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cai.cli.main import cli
+
+    bad = write(tmp_path, pair(0), {**pair(1), "direction": "up"})
+    cfg = _run_config(tmp_path, "pipeline: [distill, sft, eval]\n")
+    cfg.write_text(cfg.read_text().replace("helpful.jsonl}", f"helpful.jsonl, labelled_pairs: {bad}}}"))
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "prompts.labelled_pairs:" in r.output and "pairs.jsonl:2: field 'direction'" in r.output
+
+
+def test_likelihood_signals_refuse_a_backend_without_raw_log_probs():
+    from cai.errors import UserInputError
+    from tests.fakes import ScriptedBackend
+
+    class NoRaw(ScriptedBackend):
+        def choice_logprobs(self, conversations, options):
+            scores = super().choice_logprobs(conversations, options)
+            for s in scores:
+                s.extra.pop("raw_logprobs", None)
+            return scores
+
+    with pytest.raises(UserInputError, match="does not return raw log-probs; likelihood signals need"):
+        pointwise_pair_scores("loglik", NoRaw(), load_labelled_pairs(SHIPPED)[:2])
