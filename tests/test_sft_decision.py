@@ -55,8 +55,8 @@ def test_the_trainer_adds_the_term_only_when_on(tmp_path, tiny_model_dir):
     from cai.training import build_trainer
 
     trainer, job = build_trainer("sft", _sft_dir(tmp_path, ORDINARY), str(tiny_model_dir), tmp_path / "out",
-                                 decision_tokens=2, decision_weight=5.0, **FAST)
-    assert trainer.decision == (2, 5.0)
+                                 decision_tokens=2, decision_weight=5.0, loss_type="nll", **FAST)
+    assert trainer.decision == (2, 5.0)  # with loss_type nll the term reads the full logits
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_bad_settings_are_refused_before_the_model_loads(tmp_path, options, mess
 
 @pytest.mark.parametrize("fields, message", [
     ({"packing": True}, "packing and padding_free run together"),
-    ({"loss_type": "chunked_nll"}, "decision_tokens needs loss_type: nll"),
+    ({"loss_type": "dft"}, "decision_tokens needs the plain token loss"),
 ])
 def test_settings_the_term_cannot_work_with_are_refused_before_the_model_loads(tmp_path, fields, message):
     from cai.training import build_trainer

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from cai.training.common import TrainResult, load_policy, policy_trainer
+from cai.training.common import TrainResult, load_policy, policy_trainer, use_training_attention
 from cai.training.reward import preference_rows
 from cai.training.runner import train
 from cai.training.spec import TrainerSpec, TrainJob, register_trainer
@@ -27,6 +27,7 @@ def with_reference(job: TrainJob, **extra: Any) -> Any:
     ref = None
     if not job.lora:
         ref, _ = load_policy(job.model)
+        use_training_attention(ref, job, 2)  # chosen and rejected rows run as one batch
         ref.eval()
     return policy_trainer(job, ref_model=ref, **extra)
 
