@@ -132,3 +132,58 @@ def test_eager_and_flash_attention_train_to_the_same_loss(tmp_path, tiny_model_d
         batch = next(iter(trainer.get_train_dataloader()))
         losses[impl] = trainer.compute_loss(trainer.model, dict(batch)).item()
     assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4)
+
+
+def _pref_dir(tmp_path):
+    from test_dpo_forged_turns import ORDINARY as PAIRS
+
+    from cai.data import DatasetWriter
+
+    rows = [{"id": f"p{i}", **r} for i, r in enumerate(PAIRS * 3)]
+    rows += [{"id": "long", "prompt": [{"role": "user", "content": "A longer question, with more words in it?"}],
+              "chosen": [{"role": "assistant", "content": "A longer answer that runs on for a while."}],
+              "rejected": [{"role": "assistant", "content": "No."}]}]
+    w = DatasetWriter(tmp_path / "pref", kind="preference", fingerprint={"test": "pref"})
+    w.write(rows)
+    w.finalize({})
+    return tmp_path / "pref"
+
+
+def test_dpo_answer_logps_give_trls_loss_gradients_and_metrics(tmp_path, tiny_model_dir):
+    from cai.training import build_trainer
+
+    trainer, job = build_trainer("dpo", _pref_dir(tmp_path), str(tiny_model_dir), tmp_path / "out",
+                                 per_device_train_batch_size=4, bf16=False, **FAST)
+    assert job.info["loss"] == "answer_logps" and trainer.answer_logps
+    # Move the policy off the reference, so the loss and its gradient are not the trivial log(2) point.
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = next(iter(trainer.get_train_dataloader()))
+    results = {}
+    for fast in (True, False):
+        trainer.answer_logps = fast
+        trainer.model.zero_grad()
+        trainer._metrics["train"].clear()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+        results[fast] = (loss.item(), grads, {k: v[-1] for k, v in trainer._metrics["train"].items()})
+    (fast_loss, fast_grads, fast_m), (trl_loss, trl_grads, trl_m) = results[True], results[False]
+    assert fast_loss == pytest.approx(trl_loss, rel=1e-4) and abs(fast_loss - 0.6931) > 1e-3
+    assert len(fast_grads) == len(trl_grads)
+    for a, b in zip(fast_grads, trl_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+    assert set(fast_m) == set(trl_m)
+    for key in trl_m:
+        if key != "num_tokens":
+            assert fast_m[key] == pytest.approx(trl_m[key], rel=1e-3, abs=1e-5), key
+
+
+def test_dpo_settings_outside_the_plain_loss_keep_trls_path(tmp_path, tiny_model_dir):
+    from cai.training import build_trainer
+
+    trainer, job = build_trainer("dpo", _pref_dir(tmp_path), str(tiny_model_dir), tmp_path / "out",
+                                 loss_type=["ipo"], **FAST)
+    assert job.info["loss"] == "trl" and not trainer.answer_logps
+    assert trainer.train()

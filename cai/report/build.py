@@ -208,6 +208,15 @@ def _eval_text(s: StageView) -> str:
     return (", ".join(parts) + (f" on {ev['pairs']} pairs" if "pairs" in ev else "")) if parts else ""
 
 
+def _speed_text(rate: Any) -> str:
+    if not isinstance(rate, dict) or num(rate.get("tokens_per_s")) is None:
+        return ""
+    text = f"{rate['tokens_per_s']:.0f} tok/s"
+    if num(rate.get("roof_share")) is not None:
+        text += f", {rate['roof_share']:.0%} of {rate.get('roof_dtype', '')} roof"
+    return text
+
+
 def training_section(run: RunData, figs: Figures) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Training", "training")]
     trained = [s for r in run.rounds for s in r.stages if s.training]
@@ -217,8 +226,12 @@ def training_section(run: RunData, figs: Figures) -> list[Block]:
     for s in trained:
         t = s.training
         rows.append([s.name, str(t.get("trainer", "")), str(t.get("steps", "")), fixed(t.get("seconds"), 1),
-                     fixed(t.get("final_loss"), 4), _eval_text(s)])
-    blocks.append(Table(["stage", "trainer", "steps", "seconds", "final loss", "held-out"], rows, cls="nowrap1"))
+                     _speed_text(t.get("throughput")), fixed(t.get("final_loss"), 4), _eval_text(s)])
+    blocks.append(Table(["stage", "trainer", "steps", "seconds", "speed", "final loss", "held-out"], rows,
+                        cls="nowrap1"))
+    blocks.append(Para("Speed: real (non-padding) tokens a second, and model GFLOP/s (6 x parameters a token, "
+                       "8 for DPO's reference forward) as a share of the matrix-product rate this CPU was timed at.",
+                       cls="muted"))
     blocks.append(Para("KL is TRL's per-batch sampled estimate of KL(policy ‖ reference) (it can dip below zero); "
                        "flagged as a blow-up above " + " or ".join(f"{lim:g} {unit} ({key})" for key, (lim, unit)
                                                                  in KL_LIMITS.items()) + ".", cls="muted"))

@@ -18,8 +18,10 @@ tokens, and the forward returns what TRL's SFTTrainer logs for ``chunked_nll``
 (entropy, token accuracy, valid tokens), so its metrics are unchanged.
 
 `patch_answer_loss` installs it as the model's forward for calls with labels (as TRL
-patches its own chunked loss, so a distributed wrapper still calls it); calls without
-labels (generation, evaluation without labels) run the model's own forward.
+patches its own chunked loss, so a distributed wrapper still calls it); a call with
+``answer_mask`` (a boolean mask over the shifted positions) returns the logits of those
+positions only (DPO's log-probs, `cai.training.dpo`); other calls (generation,
+evaluation without labels) run the model's own forward.
 """
 
 from __future__ import annotations
@@ -155,16 +157,19 @@ class AnswerLossOutput:
 
 
 def patch_answer_loss(model: Any, *, decision_tokens: int = 0, decision_weight: float = 1.0) -> None:
-    """Make ``model``'s forward compute `answer_loss` when called with labels (see the module docstring)."""
+    """Make ``model``'s forward compute `answer_loss` when called with labels, and return the answer
+    positions' logits only when called with ``answer_mask`` (see the module docstring)."""
     original = type(model).forward.__get__(model)
     head = model.get_output_embeddings()
 
     def forward(self: Any, input_ids: Any = None, attention_mask: Any = None, labels: Any = None,
-                num_items_in_batch: Any = None, **kwargs: Any) -> Any:
-        if labels is None:
+                num_items_in_batch: Any = None, answer_mask: Any = None, **kwargs: Any) -> Any:
+        if labels is None and answer_mask is None:
             return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         kwargs.pop("use_cache", None)
         out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        if answer_mask is not None:  # the logits predicting the masked (shifted) positions only: (N, vocab)
+            return AnswerLossOutput(logits=head(out.last_hidden_state[:, :-1][answer_mask]))
         loss, correct, entropy, n = answer_loss(out.last_hidden_state, head, labels, decision_tokens=decision_tokens,
                                                 decision_weight=decision_weight,
                                                 num_items_in_batch=num_items_in_batch)

@@ -66,11 +66,104 @@ def tokenized_dpo_trainer() -> type:
                                          num_proc=args.dataset_num_proc)
             return dataset
 
+        def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            if not getattr(self, "answer_logps", False):
+                return super()._compute_loss(model, inputs, return_outputs)
+            return answer_dpo_loss(self, model, inputs, return_outputs)
+
     return TokenizedDPOTrainer
 
 
+def fits_answer_logps(trainer: Any) -> bool:
+    """Whether `answer_dpo_loss` computes what TRL's DPO loss would: the plain sigmoid loss with a
+    reference model, and heads the answer logits can be taken from directly."""
+    from cai.training.answer_loss import supports_answer_loss
+
+    args = trainer.args
+    plain = (list(trainer.loss_types) == ["sigmoid"] and trainer.f_divergence_type == "reverse_kl"
+             and trainer.ld_alpha is None and not trainer.use_weighting and not trainer.precompute_ref_logps
+             and not trainer.aux_loss_enabled and not getattr(args, "padding_free", False)
+             and not getattr(args, "use_liger_kernel", False) and trainer.ref_model is not None
+             and not hasattr(trainer.model, "get_base_model"))  # a PEFT model: TRL's path
+    return plain and supports_answer_loss(trainer.model) and supports_answer_loss(trainer.ref_model)
+
+
+def _sequence_logps(out: Any, targets: Any, rows: Any, n_rows: int) -> tuple[Any, Any]:
+    """Per-token log-probs of ``targets`` under the answer logits, and their sum per row."""
+    import torch
+
+    logp = torch.log_softmax(out.logits.float(), dim=-1)
+    token = logp.gather(1, targets[:, None]).squeeze(1)
+    return logp, torch.zeros(n_rows, dtype=token.dtype, device=token.device).index_add(0, rows, token)
+
+
+def answer_dpo_loss(trainer: Any, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+    """TRL's sigmoid DPO loss and metrics, with the head applied to the answer tokens only.
+
+    TRL projects every position of both models onto the vocabulary and computes its
+    entropy, mean-logit and accuracy metrics over those full logits; the loss reads only
+    the answer tokens' log-probs. Here both models return the answer positions' logits
+    (`cai.training.answer_loss.patch_answer_loss`), in fp32 for the log-softmax, and
+    every metric TRL logs is taken from them, as TRL's masks would.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    mode = "train" if trainer.model.training else "eval"
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    mask = inputs["completion_mask"][:, 1:].bool()
+    targets = ids[:, 1:][mask]
+    n_rows = ids.shape[0]
+    rows = torch.arange(n_rows, device=ids.device)[:, None].expand_as(mask)[mask]
+    outputs = model(input_ids=ids, attention_mask=attention, use_cache=False, answer_mask=mask)
+    logp, logps = _sequence_logps(outputs, targets, rows, n_rows)
+    with torch.no_grad():
+        _, ref_logps = _sequence_logps(
+            trainer.ref_model(input_ids=ids, attention_mask=attention, use_cache=False, answer_mask=mask),
+            targets, rows, n_rows)
+    chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+    ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
+    chosen_ratio, rejected_ratio = chosen_logps - ref_chosen, rejected_logps - ref_rejected
+    loss = -F.logsigmoid(trainer.beta * (chosen_ratio - rejected_ratio)).mean() * trainer.loss_weights[0]
+
+    gather = trainer.accelerator.gather_for_metrics
+    metrics = trainer._metrics[mode]
+    with torch.no_grad():
+        chosen = rows < n_rows // 2
+        tokens = gather(mask.sum()).sum()
+        entropy = -(logp.exp() * logp).sum(-1)
+        metrics["entropy"].append((gather(entropy.sum()).sum() / tokens.clamp(min=1)).item())
+        if mode == "train":
+            trainer._total_train_tokens += gather(attention.sum()).sum().item()
+        metrics["num_tokens"] = [trainer._total_train_tokens]
+        mean_logit = outputs.logits.float().mean(-1)
+        for side, pick in (("chosen", chosen), ("rejected", ~chosen)):
+            count = gather(pick.sum()).sum().item()
+            metrics[f"logits/{side}"].append(gather(mean_logit[pick].sum()).sum().item() / count if count else 0.0)
+        right = gather(((outputs.logits.argmax(-1) == targets) & chosen).sum()).sum()
+        n_chosen = gather(chosen.sum()).sum()
+        metrics["mean_token_accuracy"].append((right / n_chosen).item() if n_chosen > 0 else 0.0)
+        chosen_rewards, rejected_rewards = trainer.beta * chosen_ratio, trainer.beta * rejected_ratio
+        metrics["rewards/chosen"].append(trainer.accelerator.gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(trainer.accelerator.gather(rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(
+            trainer.accelerator.gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/margins"].append(trainer.accelerator.gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(trainer.accelerator.gather(chosen_logps).mean().item())
+        metrics["logps/rejected"].append(trainer.accelerator.gather(rejected_logps).mean().item())
+    return (loss, outputs) if return_outputs else loss
+
+
 def _build(job: TrainJob) -> Any:
-    return with_reference(job, encode=tokenized_preference_rows)
+    trainer = with_reference(job, encode=tokenized_preference_rows)
+    trainer.answer_logps = fits_answer_logps(trainer)
+    if trainer.answer_logps:
+        from cai.training.answer_loss import patch_answer_loss
+
+        patch_answer_loss(trainer.model)
+        patch_answer_loss(trainer.ref_model)
+    job.info["loss"] = "answer_logps" if trainer.answer_logps else "trl"
+    return trainer
 
 
 DPO = register_trainer(TrainerSpec(

@@ -25,6 +25,7 @@ from cai.training.averaging import check_average_tail, tail_average_callback
 from cai.training.config import build_config
 from cai.training.logs import attach_step_log, quiet_trl_warnings
 from cai.training.spec import TrainerSpec, TrainJob, get_trainer
+from cai.training.throughput import count_tokens, throughput
 
 
 def load_input(job: TrainJob) -> list[Any]:
@@ -91,10 +92,16 @@ def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *
         averager = tail_average_callback(average_tail) if average_tail else None
         if averager is not None:
             trainer.add_callback(averager)
+        counts = count_tokens(trainer)
         seconds = run_training(trainer)
     summary = base_summary(job.spec.name, model=model, settings=job.settings, config=job.config, lora=job.lora,
                            data=job.info, seconds=seconds, trainer=trainer, loss_key=job.spec.loss_key)
     summary.update(job.spec.summary(trainer, job))
+    model_ = getattr(trainer, job.spec.model_attr)
+    rate = throughput(counts, job.spec.name, sum(p.numel() for p in model_.parameters()),
+                      bf16=bool(getattr(job.config, "bf16", False)), device=model_.device.type)
+    if rate is not None:
+        summary["throughput"] = rate
     if averager is not None:
         summary["weight_averaging"] = averager.summary()
     return save_trained(getattr(trainer, job.spec.model_attr), job.tokenizer, out_dir, summary)
