@@ -8,6 +8,11 @@ cross-entropy against that probability,
 which is RewardTrainer's Bradley-Terry loss at p = 1. A labeller that could not
 tell two responses apart (p near 0.5) then pushes their rewards together instead
 of apart. Without ``p_chosen`` the hard (TRL) loss is used.
+
+TRL gets the pairs tokenized (``chosen_ids``/``rejected_ids``, which its RewardTrainer
+takes as processed and only filters by ``max_length``), built by `ChatEncoder` as TRL
+would render the closed conversation: special-token text in a prompt or an answer stays
+plain text, never a forged turn.
 """
 
 from __future__ import annotations
@@ -55,6 +60,25 @@ def preference_rows(rows: list[dict[str, Any]], where: str, *, keep_soft: bool) 
         out.append(item)
     if not out:
         raise DataError(f"{where}: no preference rows; generate some with cai generate preferences")
+    return out
+
+
+def tokenized_reward_rows(rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """Conversational prompt/chosen/rejected rows -> RewardTrainer's processed rows (``p_chosen`` kept).
+
+    As TRL tokenizes them: each side is the whole closed conversation, prompt + answer.
+    Through `ChatEncoder`, so a control token comes only from the chat template.
+    """
+    from cai.backends.chat import ChatEncoder
+
+    wholes = ChatEncoder(tokenizer, closed=True)
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {"chosen_ids": wholes.encode(row["prompt"] + row["chosen"]),
+                                "rejected_ids": wholes.encode(row["prompt"] + row["rejected"])}
+        if SOFT_COLUMN in row:
+            item[SOFT_COLUMN] = row[SOFT_COLUMN]
+        out.append(item)
     return out
 
 
@@ -118,9 +142,10 @@ def _build(job: TrainJob) -> Any:
     train_rows, eval_rows = split_eval(job.rows, job.options["eval_fraction"], seed=cfg.seed)
     rm, job.tokenizer = load_reward_model(job.model, from_policy=True)
     collator_cls, trainer_cls = _soft_trainer_classes()
+    encoded = tokenized_reward_rows(train_rows, job.tokenizer), tokenized_reward_rows(eval_rows, job.tokenizer)
     trainer = trainer_cls(
-        model=rm, args=cfg, train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        model=rm, args=cfg, train_dataset=Dataset.from_list(encoded[0]),
+        eval_dataset=Dataset.from_list(encoded[1]) if eval_rows else None,
         processing_class=job.tokenizer,
         data_collator=collator_cls(pad_token_id=job.tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of),
         peft_config=lora_config("SEQ_CLS", modules_to_save=["score"], settings=job.lora) if job.lora else None,
