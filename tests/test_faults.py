@@ -6,7 +6,10 @@ uninterrupted reference run first records every *fault point* it passes, in orde
 * ``row``: a row line being appended to a dataset (data.jsonl or .cai/failures.jsonl);
   a kill here leaves the first half of that line on disk, a torn line;
 * ``train``: a trainer about to train (models loaded, nothing saved);
-* ``saved``: a model's weights just saved (its tokenizer and training summary not yet);
+* ``step``: a training step about to run (`cai run` checkpoints every step here, so a kill
+  mid-training resumes from the step before);
+* ``saved``: a model's weights just saved, a checkpoint's or the final model's (the rest of
+  the checkpoint, or the tokenizer and training summary, not yet);
 * ``manifest``: `cai run`'s manifest about to be saved (the stage's status not recorded).
 
 A seeded draw then picks points along that sequence (at least one of each kind), and
@@ -37,7 +40,7 @@ import pytest
 from test_revise_resume import _command as revisions_command
 from test_rounds import write_config
 
-KINDS = ("row", "train", "saved", "manifest")
+KINDS = ("row", "train", "step", "saved", "manifest")
 #: Summary fields that depend only on the rows (not on timing or on how many invocations made them).
 SUMMARY_KEYS = ("prompts", "failed_by_reason", "labeller", "preference_pairs")
 
@@ -97,10 +100,17 @@ def _install_fault_points(kill: tuple[str, int] | None, events: Path) -> None:
 
     run_training = cai.training.runner.run_training
 
-    def _run_training(trainer: Any) -> Any:
+    def _run_training(trainer: Any, *args: Any) -> Any:
         if point("train", Path(trainer.args.output_dir).parent.name):  # OUT/checkpoints
             die()
-        return run_training(trainer)
+        return run_training(trainer, *args)
+
+    training_step = transformers.Trainer.training_step
+
+    def _training_step(self, *args: Any, **kwargs: Any) -> Any:
+        if point("step", f"{Path(self.args.output_dir).parent.name}/{self.state.global_step + 1}"):
+            die()
+        return training_step(self, *args, **kwargs)
 
     save_pretrained = transformers.PreTrainedModel.save_pretrained
 
@@ -119,6 +129,7 @@ def _install_fault_points(kill: tuple[str, int] | None, events: Path) -> None:
 
     cai.data.DatasetWriter._append = _append
     cai.training.runner.run_training = _run_training
+    transformers.Trainer.training_step = _training_step
     transformers.PreTrainedModel.save_pretrained = _save_pretrained
     cai.rounds.manifest.RunManifest.save = _save_manifest
 
@@ -175,6 +186,11 @@ def _schedule(reference: list[str], n: int, seed: int) -> list[tuple[str, int]]:
     picks = {rng.choice([i for i, k in enumerate(kinds) if k == kind]) for kind in sorted(set(kinds))}
     rest = [i for i in range(len(kinds)) if i not in picks]
     picks |= set(rng.sample(rest, n - len(picks)))
+    return _as_schedule(kinds, picks)
+
+
+def _as_schedule(kinds: list[str], picks: set[int]) -> list[tuple[str, int]]:
+    """Indices into the reference's points -> (kind, k) counted from the previous pick."""
     out, last = [], -1
     for p in sorted(picks):
         out.append((kinds[p], kinds[last + 1 : p + 1].count(kinds[p])))
@@ -183,13 +199,13 @@ def _schedule(reference: list[str], n: int, seed: int) -> list[tuple[str, int]]:
 
 
 def _killed_and_resumed(first: list[str], again: list[str], work: Path, reference: list[str], n: int,
-                        seed: int) -> list[str]:
+                        seed: int, schedule: list[tuple[str, int]] | None = None) -> list[str]:
     """Kill ``first`` at the first scheduled point, resume with ``again`` through the rest, then finish.
 
     Returns where each kill landed.
     """
     landed = []
-    for i, point in enumerate(_schedule(reference, n, seed)):
+    for i, point in enumerate(schedule if schedule is not None else _schedule(reference, n, seed)):
         code, passed = _run(first if i == 0 else again, work, kill=point)
         assert code is None, f"the run finished before kill point {i} {point} (passed {len(passed)} points)"
         landed.append(passed[-1])
@@ -267,13 +283,19 @@ def test_preferences_killed_at_seeded_points_resume_to_the_same_rows(tmp_path, p
     _assert_same_datasets(tmp_path / "out", tmp_path / "ref")
 
 
-def test_cai_run_killed_at_seeded_points_resumes_to_the_same_data_weights_and_metrics(tmp_path, tiny_model_dir):
-    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1, **{"per_round: 6": "per_round: 4"})
+def test_cai_run_killed_at_seeded_points_resumes_to_the_same_data_weights_and_metrics(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    import cai.training.checkpoints
+
+    monkeypatch.setattr(cai.training.checkpoints, "EVERY_SECONDS", 0.0)  # a checkpoint after every step
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1, **{
+        "per_round: 6": "per_round: 4", "sft: {config: {max_steps: 1": "sft: {config: {max_steps: 6",
+        "reward: {config: {max_steps: 1": "reward: {config: {max_steps: 4"})
     ref, out = tmp_path / "ref", tmp_path / "out"
     _, reference = _run(["run", str(cfg), "--out", str(ref), "--no-report"], tmp_path)
     first = ["run", str(cfg), "--out", str(out), "--no-report"]
-    landed = _killed_and_resumed(first, [*first, "--resume"], tmp_path, reference, n=9, seed=29)
-    assert len(landed) == 9
+    landed = _killed_and_resumed(first, [*first, "--resume"], tmp_path, reference, n=12, seed=29)
+    assert len(landed) == 12
     assert {e.split()[0] for e in landed} == set(KINDS)  # every kind of point, training included
     assert len({e.split()[1].split("/")[0] for e in landed if e.startswith("row ")}) >= 3  # in several stages
     _assert_same_datasets(out, ref)
@@ -285,3 +307,28 @@ def test_cai_run_killed_at_seeded_points_resumes_to_the_same_data_weights_and_me
     assert all(s["status"] == "complete" for s in got["stages"].values())
     assert sorted(got["stages"]) == sorted(want["stages"])
     assert Path(got["final_policy"]).relative_to(out) == Path(want["final_policy"]).relative_to(ref)
+
+
+def test_cai_run_killed_inside_training_resumes_to_the_same_weights(tmp_path, tiny_model_dir, monkeypatch):
+    """Killed at every third step and checkpoint save of SFT, reward and RL: each resume starts from
+    the newest complete checkpoint (a kill mid-save leaves the one before), and the weights come
+    out as an uninterrupted run's, byte for byte."""
+    import cai.training.checkpoints
+
+    monkeypatch.setattr(cai.training.checkpoints, "EVERY_SECONDS", 0.0)  # a checkpoint after every step
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1, **{
+        "per_round: 6": "per_round: 4", "sft: {config: {max_steps: 1": "sft: {config: {max_steps: 8",
+        "reward: {config: {max_steps: 1": "reward: {config: {max_steps: 6"})
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    _, reference = _run(["run", str(cfg), "--out", str(ref), "--no-report"], tmp_path)
+    inside = [i for i, e in enumerate(reference) if e.startswith("step ") or e.startswith("saved checkpoint-")]
+    picks = set(inside[1::3])
+    first = ["run", str(cfg), "--out", str(out), "--no-report"]
+    landed = _killed_and_resumed(first, [*first, "--resume"], tmp_path, reference, 0, 0,
+                                 schedule=_as_schedule([e.split()[0] for e in reference], picks))
+    assert len(landed) >= 5 and {e.split()[0] for e in landed} == {"step", "saved"}
+    for stage in ("sft", "reward", "rl"):
+        assert (out / "round-1" / stage / "model.safetensors").read_bytes() == \
+            (ref / "round-1" / stage / "model.safetensors").read_bytes(), f"{stage} weights differ"
+        assert not (out / "round-1" / stage / "checkpoints").exists()
+    assert (out / "round-1/eval/metrics.json").read_bytes() == (ref / "round-1/eval/metrics.json").read_bytes()

@@ -107,6 +107,9 @@ class TrainerCommand(click.Command):
             click.Option(["--average-tail", "average_tail"], type=click.FloatRange(0.0, 1.0, max_open=True),
                          default=0.0, show_default=True,
                          help="Save the mean weights over this fraction of the final steps (0: the last step's)."),
+            click.Option(["--resume", "resume"], is_flag=True,
+                         help="Continue an interrupted run in --out from its newest checkpoint (cai saves one "
+                              "every 2 minutes of training); without one, train from the start."),
         ]
 
     def trl_params(self) -> list[click.Option]:
@@ -154,6 +157,8 @@ class TrainerCommand(click.Command):
         tail = params.pop("average_tail")
         if tail:  # a cai option of every trainer, passed with the TRL fields to train()
             trl["average_tail"] = tail
+        if params.pop("resume"):
+            trl["resume"] = True
         params["trl"] = trl
         return super().invoke(ctx)
 

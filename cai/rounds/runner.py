@@ -145,17 +145,17 @@ class Run:
             return
         # An interrupted stage with the same inputs picks up its rows; anything else starts clean.
         resumable = (rec.get("status") == "running" and rec.get("key") == key and not forced and not stale
-                     and not stage.restart)
+                     and (not stage.restart or stage.checkpoints))
         rerun.add(full)
         out = self.dir / f"round-{k}" / stage.name
-        if (stage.restart or not resumable) and out.exists():
+        if not resumable and out.exists():
             shutil.rmtree(out)
         verb = "resuming" if resumable else ("restarting" if rec.get("status") == "running" else "running")
         self.echo(f"[{full}] {verb}")
         started = time.time()
         self.manifest.update(full, status="running", key=key, config_hash=config_hash, started=started,
                              output=str(out.relative_to(self.dir)))
-        if stage.restart or stage.produces_policy:
+        if stage.restart or stage.produces_policy or stage.checkpoints:
             self.res.release_backends()  # training needs the memory back
         ctx = StageContext(res=self.res, stage=stage.name, k=k, out=out, fresh=not resumable,
                            policy=self.policy_spec(k), new_policy_stage=self.new_policy_stage(k, stage.name))

@@ -55,6 +55,9 @@ class RoundStage:
     produces_policy: bool = False
     #: Training and small derived outputs start over when interrupted; datasets resume row by row.
     restart: bool = False
+    #: A training stage that checkpoints: interrupted, it keeps its directory and resumes from its last
+    #: checkpoint (`ctx.fresh` is False then), even though it is a restart stage otherwise.
+    checkpoints: bool = False
     #: Templates it renders (validated before any model loads).
     templates: tuple[str, ...] = ()
     description: str = ""

@@ -33,16 +33,38 @@ def first_averaged_step(max_steps: int, fraction: float) -> int:
 class TailAverage:
     """A transformers ``TrainerCallback`` (mixed in by `tail_average_callback`) keeping the running mean."""
 
+    STATE_FILE = "cai_tail_average.pt"
+
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
         self.start = 0
         self.count = 0
         self._mean: list[Any] = []
         self._params: list[Any] = []
+        #: A checkpoint the run resumes from: its saved mean is loaded at the start of training.
+        self.resume_from: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.start = first_averaged_step(state.max_steps, self.fraction)
         self._params = [p for p in model.parameters() if p.requires_grad]
+        if self.resume_from is not None:
+            self.load_state(self.resume_from)
+
+    def save_state(self, folder: Any) -> None:
+        """The running mean and its count, into a checkpoint folder (`cai.training.checkpoints`)."""
+        import torch
+
+        torch.save({"count": self.count, "mean": self._mean}, f"{folder}/{self.STATE_FILE}")
+
+    def load_state(self, folder: Any) -> None:
+        import os
+
+        import torch
+
+        path = f"{folder}/{self.STATE_FILE}"
+        if os.path.isfile(path):
+            saved = torch.load(path, weights_only=True)
+            self.count, self._mean = int(saved["count"]), list(saved["mean"])
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         import torch

@@ -220,11 +220,21 @@ def policy_trainer(job: "TrainJob", *, encode: Any = None, prepare: Any = None, 
 # --- running and saving -----------------------------------------------------------------
 
 
-def run_training(trainer: Any) -> float:
-    """Train; returns wall seconds. A bad setting found by TRL mid-setup becomes one line."""
+def run_training(trainer: Any, resume_from: Any = None) -> float:
+    """Train (from checkpoint ``resume_from`` when given); returns wall seconds."""
     started = time.time()
-    trainer.train()
+    if resume_from is None:
+        trainer.train()
+    else:
+        trainer.train(resume_from_checkpoint=str(resume_from))
     return time.time() - started
+
+
+def resumes(trainer: Any) -> bool:
+    """Whether the trainer's loop resumes from a checkpoint (transformers' Trainer does; TRL's PPO loop does not)."""
+    import inspect
+
+    return "resume_from_checkpoint" in inspect.signature(trainer.train).parameters
 
 
 def losses_from(log_history: list[dict[str, Any]], key: str = "loss") -> list[dict[str, float]]:

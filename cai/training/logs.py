@@ -59,6 +59,23 @@ def step_line(name: str, step: int, max_steps: int, logs: dict[str, Any]) -> str
     return f"{name} {what} {step}{of}: " + ", ".join(shown or ["(no figures)"])
 
 
+def resumed_log(path: Path, step: int) -> list[dict[str, Any]]:
+    """The log entries of steps up to ``step`` (a torn last line, from a kill mid-write, is dropped)."""
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+            out.append(entry)
+    return out
+
+
 class StepLog:
     """A transformers ``TrainerCallback`` (duck-typed, so importing this imports no transformers).
 
@@ -76,9 +93,11 @@ class StepLog:
         if not state.is_world_process_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Training stages always restart, so the file starts over with the run.
-        self.path.write_text("", encoding="utf-8")
-        self._started = time.time()
+        # A fresh run starts the file over; a run resumed from a checkpoint keeps the steps before it
+        # (the ones after it are trained again and logged again), and its clock goes on from there.
+        kept = resumed_log(self.path, state.global_step) if state.global_step else []
+        self.path.write_text("".join(json.dumps(e, default=str) + "\n" for e in kept), encoding="utf-8")
+        self._started = time.time() - (float(kept[-1].get("time", 0.0)) if kept else 0.0)
         if bars_enabled() and not getattr(args, "disable_tqdm", False):
             from tqdm.auto import tqdm
 

@@ -18,6 +18,7 @@ from cai.training.common import (
     data_provenance,
     load_prompt_records,
     require_kind,
+    resumes,
     run_training,
     save_trained,
 )
@@ -73,7 +74,9 @@ def build_trainer(spec: str | TrainerSpec, data: Any, model: str, out_dir: str |
     return spec.build(job), job
 
 
-def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, **kwargs: Any) -> TrainResult:
+def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *, resume: bool = False,
+          checkpoint_seconds: float | None = None, checkpoint_steps: int | None = None,
+          **kwargs: Any) -> TrainResult:
     """Train ``model`` with a registered trainer (a name or a `TrainerSpec`) on ``data``; save to ``out_dir``.
 
     ``data`` is what the spec's ``data_kind`` says: a cai dataset directory, or a
@@ -82,21 +85,43 @@ def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *
     options, and TRL config fields as overrides (``max_steps=3``, ``learning_rate=1e-4``);
     ``average_tail`` (every trainer): save the mean of the weights over that fraction of the
     final steps instead of the last step's (`cai.training.averaging`).
+
+    Checkpoints go to ``OUT/checkpoints`` every ``checkpoint_seconds`` of training (default
+    `cai.training.checkpoints.EVERY_SECONDS`) or ``checkpoint_steps`` steps, and are removed once
+    the model is saved. ``resume=True`` continues from the newest complete one (optimizer,
+    scheduler, RNG, data position and averaging state included), or starts over if there is none.
     """
+    from cai.training import checkpoints as ckpt
+
     name = spec if isinstance(spec, str) else spec.name
     average_tail = check_average_tail(kwargs.pop("average_tail", 0.0), f"cai train {name}")
+    start_from = ckpt.last_checkpoint(out_dir) if resume else None
+    if start_from is None:
+        ckpt.clear_checkpoints(out_dir)
     with quiet_trl_warnings():
         trainer, job = build_trainer(spec, data, model, out_dir, **kwargs)
+        if getattr(job.config, "save_total_limit", None) is None:
+            job.config.save_total_limit = ckpt.KEEP
         # One line per logging step on the console, every log dict in OUT/train_log.jsonl.
         attach_step_log(trainer, job.spec.name, out_dir)
         averager = tail_average_callback(average_tail) if average_tail else None
         if averager is not None:
+            averager.resume_from = start_from
             trainer.add_callback(averager)
+        if resumes(trainer):
+            every = checkpoint_seconds if checkpoint_seconds is not None or checkpoint_steps else ckpt.EVERY_SECONDS
+            trainer.add_callback(ckpt.checkpointer(every, checkpoint_steps, [averager] if averager else []))
+        else:  # its own loop (TRL's PPO): it starts over after a kill
+            start_from = None
+            if averager is not None:
+                averager.resume_from = None
         counts = count_tokens(trainer)
-        seconds = run_training(trainer)
+        seconds = run_training(trainer, start_from)
     summary = base_summary(job.spec.name, model=model, settings=job.settings, config=job.config, lora=job.lora,
                            data=job.info, seconds=seconds, trainer=trainer, loss_key=job.spec.loss_key)
     summary.update(job.spec.summary(trainer, job))
+    if start_from is not None:
+        summary["resumed_from_step"] = int(start_from.name.split("-")[-1])
     model_ = getattr(trainer, job.spec.model_attr)
     rate = throughput(counts, job.spec.name, sum(p.numel() for p in model_.parameters()),
                       bf16=bool(getattr(job.config, "bf16", False)), device=model_.device.type)
@@ -104,7 +129,10 @@ def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *
         summary["throughput"] = rate
     if averager is not None:
         summary["weight_averaging"] = averager.summary()
-    return save_trained(getattr(trainer, job.spec.model_attr), job.tokenizer, out_dir, summary)
+    result = save_trained(getattr(trainer, job.spec.model_attr), job.tokenizer, out_dir, summary)
+    if job.settings.get("save_strategy", "no") == "no":  # cai's own checkpoints; ones the user asked for stay
+        ckpt.clear_checkpoints(out_dir)
+    return result
 
 
 __all__ = ["train", "build_trainer", "load_input", "seed_everything"]

@@ -41,12 +41,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         shutil.copytree(path, ctx.out, dirs_exist_ok=True)
         return {**describe(source, data, why + "; if_untrusted: skip, so no training"), "skipped": True,
                 "provenance": provenance(data)}
-    res = train_dpo(data, start, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
+    res = train_dpo(data, start, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail, resume=not ctx.fresh)
     return {**train_summary(res.summary), **describe(source, data, why), "provenance": provenance(data)}
 
 
 STAGE = register_stage(RoundStage(
-    name="dpo", run=run, config=DPOSection, optional_inputs=("sft", *OPTIONAL_INPUTS), reads_policy=True, restart=True,
+    name="dpo", run=run, config=DPOSection, optional_inputs=("sft", *OPTIONAL_INPUTS), reads_policy=True, restart=True, checkpoints=True,
     produces_policy=True, uses=("seed",), check=check_trainer("dpo", "dpo"),
     description="DPO from the SFT model (else the round's policy) on judge, scored, contrastive or revision pairs "
                 "(chosen by measurement).",

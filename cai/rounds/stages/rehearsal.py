@@ -59,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     writer.finalize({"rows": len(rows)}, title=f"cai round {ctx.k} rehearsal rows")
     s = ctx.section
     res = train_sft(data, start, ctx.out, config={**DEFAULTS, **s.config}, lora=s.lora,
-                    average_tail=s.average_tail)
+                    average_tail=s.average_tail, resume=not ctx.fresh)
     from cai.provenance import provenance_shares
 
     return {**train_summary(res.summary), "data": stage, "rows": len(rows), "from": ctx.new_policy_stage or "round policy",
@@ -68,7 +68,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = register_stage(RoundStage(
     name="rehearsal", run=run, config=RehearsalSection, optional_inputs=DATA_STAGES, reads_new_policy=True,
-    restart=True, produces_policy=True, uses=("seed",),
+    restart=True, checkpoints=True, produces_policy=True, uses=("seed",),
     check=check_data_trainer("rehearsal", "sft", DATA_STAGES, "the helpful rows"),
     description="A few low-LR SFT steps of the newest policy on helpful rows alone (trades refusal for helpfulness).",
 ))

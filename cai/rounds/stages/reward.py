@@ -20,11 +20,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     s = ctx.section
     source, data, why = choose(ctx, s)
     # The reward model starts from the round 0 policy's weights, as a fresh judge of the policy.
-    res = train_reward(data, ctx.cfg.models.policy, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail)
+    res = train_reward(data, ctx.cfg.models.policy, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail, resume=not ctx.fresh)
     return {**train_summary(res.summary), **describe(source, data, why), "provenance": provenance(data)}
 
 
 STAGE = register_stage(RoundStage(
-    name="reward", run=run, config=RewardSection, optional_inputs=OPTIONAL_INPUTS, restart=True,
+    name="reward", run=run, config=RewardSection, optional_inputs=OPTIONAL_INPUTS, restart=True, checkpoints=True,
     check=check_trainer("reward", "reward"), description="Reward model on the preference labels.",
 ))

@@ -40,10 +40,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         source, data, why = choose(ctx, s)
         chosen = describe(source, data, why)
         res = training.train_dpo(data, sft_model, ctx.out, config=s.config, lora=s.lora,
-                                 average_tail=s.average_tail)
+                                 average_tail=s.average_tail, resume=not ctx.fresh)
     elif s.algorithm == "ppo":
         res = training.train_ppo(prompts, sft_model, reward_model, ctx.out, config=s.config, lora=s.lora,
-                                 average_tail=s.average_tail)
+                                 average_tail=s.average_tail, resume=not ctx.fresh)
     else:
         judge = None
         if s.judge:
@@ -53,13 +53,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                       templates=ctx.res.templates()).as_reward_func()
         fn = training.train_rloo if s.algorithm == "rloo" else training.train_grpo
         res = fn(prompts, sft_model, ctx.out, reward_model=reward_model, judge=judge, config=s.config, lora=s.lora,
-                 average_tail=s.average_tail)
+                 average_tail=s.average_tail, resume=not ctx.fresh)
     return {**train_summary(res.summary), **chosen}
 
 
 STAGE = register_stage(RoundStage(
     name="rl", run=run, config=RLSection, inputs=("sft",), optional_inputs=("reward", *OPTIONAL_INPUTS),
-    restart=True,
+    restart=True, checkpoints=True,
     produces_policy=True, uses=("seed", "prompts", "models.feedback", "constitution"), check=check,
     description="RL (or DPO) from the SFT model against the reward model.",
 ))

@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     data = ctx.input_dir(data_stage(ctx.cfg, "sft", DATA_STAGES, ctx.cfg.pipeline_of(ctx.k)))
     res = train_sft(data, ctx.policy, ctx.out, config=s.config, lora=s.lora,
                     decision_tokens=s.decision_tokens, decision_weight=s.decision_weight,
-                    average_tail=s.average_tail)
+                    average_tail=s.average_tail, resume=not ctx.fresh)
     from cai.data import read_rows
     from cai.provenance import provenance_shares
 
@@ -36,6 +36,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 STAGE = register_stage(RoundStage(
-    name="sft", run=run, config=SFTSection, optional_inputs=DATA_STAGES, reads_policy=True, restart=True,
+    name="sft", run=run, config=SFTSection, optional_inputs=DATA_STAGES, reads_policy=True, restart=True, checkpoints=True,
     produces_policy=True, check=check_data_trainer("sft", "sft", DATA_STAGES, "the rows"), description="SFT of the policy on the distilled rows or the SFT mix.",
 ))
