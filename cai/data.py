@@ -30,7 +30,6 @@ from cai.ids import stable_hash  # noqa: F401 (re-exported)
 
 # Prompt files in (`cai.prompt_files`); imported here for the callers that read both.
 from cai.prompt_files import (  # noqa: F401 (re-exported)
-    DATA_FILE,
     Conversation,
     PromptRecord,
     dedup_ids,
@@ -41,16 +40,19 @@ from cai.prompt_files import (  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "README.md"
-#: Hidden from `datasets`' file patterns, so loaders see only the rows.
-CAI_DIR = ".cai"
-FAILURES_FILE = f"{CAI_DIR}/failures.jsonl"
-#: Lines of data.jsonl that were not JSON (a disk fault, a hand edit), moved aside on resume.
-QUARANTINE_FILE = f"{CAI_DIR}/quarantine.jsonl"
-META_FILE = f"{CAI_DIR}/cai_dataset.json"
-#: Where directories written before ``.cai/`` kept these files (read, and moved by the next writer).
-LEGACY_FILES = {"cai_dataset.json": META_FILE, "failures.jsonl": FAILURES_FILE}
-LEGACY_META = "cai_dataset.json"
+# The directory's layout (file names, the preference view) lives in cai.layout, the bottom layer.
+from cai.layout import (  # noqa: E402, F401 (re-exported)
+    CAI_DIR,
+    CARD_FILE,
+    CARD_MARKER,
+    DATA_FILE,
+    FAILURES_FILE,
+    LEGACY_FILES,
+    LEGACY_META,
+    META_FILE,
+    QUARANTINE_FILE,
+    meta_path,
+)
 
 #: Dataset kinds and the command that makes each; training uses this to refuse the wrong kind.
 KINDS = {
@@ -119,14 +121,6 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def read_rows(directory: str | Path) -> list[dict[str, Any]]:
     return list(read_jsonl(Path(directory) / DATA_FILE))
-
-
-def meta_path(directory: str | Path) -> Path | None:
-    """The directory's cai_dataset.json (in .cai/, or where older cai versions wrote it); None if neither."""
-    for path in (Path(directory) / META_FILE, Path(directory) / LEGACY_META):
-        if path.is_file():
-            return path
-    return None
 
 
 def is_cai_dataset(directory: str | Path) -> bool:
@@ -318,7 +312,6 @@ def remove_cai_files(directory: Path) -> None:
 
 
 #: The dataset card's first line after its front matter: how cai knows a README.md is its own.
-CARD_MARKER = "<!-- cai dataset card: cai rewrites this file; put your own notes elsewhere -->"
 
 
 def is_cai_card(path: Path) -> bool:

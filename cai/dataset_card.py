@@ -29,7 +29,7 @@ def size_category(rows: int) -> str:
 def card_metadata(directory: Path, *, kind: str, provenance: dict[str, Any], counts: dict[str, int],
                   title: str | None = None) -> dict[str, Any]:
     """The card's front matter as a mapping (valid Hub dataset-card metadata)."""
-    from cai.data import DATA_FILE
+    from cai.layout import DATA_FILE
 
     configs = [{"config_name": "default", "data_files": DATA_FILE}]
     view = _preference_view(directory)
@@ -60,8 +60,7 @@ def load_snippet(directory: Path) -> list[str]:
 
 def _preference_view(directory: Path) -> str | None:
     """The preference view's path relative to ``directory`` (a revisions dataset's), or None."""
-    from cai.data import DATA_FILE
-    from cai.stages.revision_pairs import preference_view
+    from cai.layout import DATA_FILE, preference_view
 
     view = preference_view(directory)
     return view.relative_to(directory).as_posix() if (view / DATA_FILE).exists() else None
@@ -79,7 +78,7 @@ def write_card(
     """Write ``README.md``: Hub front matter, then what made the rows, a load snippet and the provenance."""
     import yaml
 
-    from cai.data import CARD_FILE, CARD_MARKER, FAILURES_FILE
+    from cai.layout import CARD_FILE, CARD_MARKER, FAILURES_FILE
 
     meta = card_metadata(directory, kind=kind, provenance=provenance, counts=counts, title=title)
     c = provenance.get("constitution") or {}

@@ -42,14 +42,12 @@ def to_hf_dataset(directory: str | Path, *, config: str = "default", margin: boo
     """
     import datasets
 
-    from cai.data import DATA_FILE
+    from cai.layout import DATA_FILE, preference_view
 
     d = Path(directory)
     if config == "default":
         path = d / DATA_FILE
     elif config == "preference":
-        from cai.stages.revision_pairs import preference_view
-
         path = preference_view(d) / DATA_FILE
     else:
         path = d / config / DATA_FILE

@@ -15,10 +15,9 @@ from typing import Any, Iterator
 
 from cai.errors import DataError
 from cai.ids import stable_hash
+from cai.layout import DATA_FILE  # noqa: F401 (a directory holding it is read as a prompt set)
 
 Conversation = list[dict[str, str]]
-#: The rows of a cai dataset directory (``cai.data`` writes it; a directory holding it is read as a prompt set).
-DATA_FILE = "data.jsonl"
 
 
 

@@ -117,7 +117,7 @@ class RayBackend:
         From the CLI: ``--backend ray`` (or ``ray:vllm``) with ``$CAI_RAY_REPLICAS``
         (default 2) and ``$CAI_RAY_GPUS_PER_REPLICA`` (default 0).
         """
-        from cai.backends import make_backend
+        from cai.backends.registry import make_backend
 
         if inner_kind.startswith("ray"):
             raise UserInputError("a ray backend cannot wrap another ray backend; use e.g. 'ray:transformers'")
@@ -203,4 +203,9 @@ def _env_number(name: str, default: Any, kind: type) -> Any:
         raise UserInputError(f"${name}={raw!r} is not a number") from None
 
 
-__all__ = ["RayBackend", "shard_bounds"]
+__all__ = ["RayBackend", "ray_backend", "shard_bounds"]
+
+
+def ray_backend(model: str, *, inner_kind: str = "transformers", **kwargs: Any) -> RayBackend:
+    """The ``ray`` / ``ray:<kind>`` backend (`cai.backends.registry`)."""
+    return RayBackend.from_options(model, inner_kind=inner_kind, **kwargs)

@@ -11,20 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cai.data import CAI_DIR, DatasetWriter, is_cai_dataset, read_jsonl, remove_cai_files
-
-PREFERENCE_DIR = f"{CAI_DIR}/preference"
-#: Where cai before this layout wrote the view (read if it is all there is, removed on the next write).
-LEGACY_PREFERENCE_DIR = "preference"
-
-
-def preference_view(out_dir: str | Path) -> Path:
-    """The preference view of revisions dataset ``out_dir`` (an older run's ``preference/`` if only that exists)."""
-    out_dir = Path(out_dir)
-    current, legacy = out_dir / PREFERENCE_DIR, out_dir / LEGACY_PREFERENCE_DIR
-    if not current.is_dir() and legacy.is_dir() and is_cai_dataset(legacy):
-        return legacy
-    return current
+from cai.data import DatasetWriter, is_cai_dataset, read_jsonl, remove_cai_files
+from cai.layout import LEGACY_PREFERENCE_DIR, PREFERENCE_DIR, preference_view  # noqa: F401 (re-exported)
 
 
 def preference_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ _LAZY = {
     "TrainResult": "cai.training.common",
     "TrainingConfigError": "cai.training.config",
     "load_reward_model": "cai.training.common",
-    "check_config_fields": "cai.training.config",
+    "check_config_fields": "cai.training.spec",
     "TrainerSpec": "cai.training.spec",
     "TrainJob": "cai.training.spec",
     "register_trainer": "cai.training.spec",

@@ -39,6 +39,7 @@ class TrainResult:
 def require_kind(data_dir: str | Path, expected: str, command: str) -> dict[str, Any]:
     """Refuse a dataset of the wrong kind before any model loads; returns its metadata."""
     from cai.data import is_cai_dataset, read_meta
+    from cai.layout import preference_view
     from cai.training.spec import commands_for_kind
 
     meta = read_meta(data_dir)
@@ -47,8 +48,6 @@ def require_kind(data_dir: str | Path, expected: str, command: str) -> dict[str,
         fits = commands_for_kind(kind)
         view = ""
         if expected == "preference":
-            from cai.stages.revision_pairs import preference_view
-
             if is_cai_dataset(preference_view(data_dir)):  # a revisions dataset carries its pairs
                 view = f"; its revision ≻ initial pairs are in {preference_view(data_dir)}"
         raise DataError(

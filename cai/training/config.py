@@ -202,30 +202,3 @@ def build_config(
         why = str(e).splitlines()[0].rstrip(".")
         raise TrainingConfigError(f"{config_cls.__name__}: {why}; fix the config or option") from None
     return cfg, settings
-
-
-def config_class(trainer: str) -> type:
-    """The TRL config class behind one of the registered trainers (imports trl)."""
-    from cai.training.spec import get_trainer
-
-    return get_trainer(trainer).config_cls()
-
-
-def check_config_fields(trainer: str, fields: dict[str, Any], source: str) -> None:
-    """Refuse, before any model loads, what the trainer's TRL config would not take.
-
-    Unknown keys (naming the close ones), values of the wrong type or out of range,
-    and combinations the config class itself refuses, each as one line naming ``source``.
-    """
-    import tempfile
-
-    from cai.training.spec import get_trainer
-
-    spec = get_trainer(trainer)
-    cls = spec.config_cls()
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            build_config(cls, tmp, defaults=dict(spec.defaults), config=fields, config_source=source)
-        except TrainingConfigError as e:
-            msg = str(e)
-            raise TrainingConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None

@@ -17,6 +17,7 @@ from cai.training.common import (
     base_summary,
     data_provenance,
     load_prompt_records,
+    policy_trainer,
     require_kind,
     resumes,
     run_training,
@@ -71,7 +72,7 @@ def build_trainer(spec: str | TrainerSpec, data: Any, model: str, out_dir: str |
     raw = load_input(job)
     job.rows = spec.rows(raw, job)
     seed_everything(job.config)
-    return spec.build(job), job
+    return (spec.build or policy_trainer)(job), job
 
 
 def train(spec: str | TrainerSpec, data: Any, model: str, out_dir: str | Path, *, resume: bool = False,

@@ -62,12 +62,6 @@ def _no_summary(trainer: Any, job: TrainJob) -> dict[str, Any]:
     return {}
 
 
-def _default_build(job: TrainJob) -> Any:
-    from cai.training.common import policy_trainer
-
-    return policy_trainer(job)
-
-
 @dataclass(frozen=True)
 class TrainerSpec:
     #: The trainer's name: ``cai train <name>``, ``stages.rl.algorithm``, ``check_config_fields(name, ...)``.
@@ -82,8 +76,9 @@ class TrainerSpec:
     rows: Callable[[list[Any], TrainJob], list[Any]]
     #: cai's defaults for config fields (above cai's CPU-friendly defaults, below the user's settings).
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    #: `build(job) -> trainer`; it sets ``job.tokenizer``. Default: the policy and ``trainer_class`` on ``job.rows``.
-    build: Callable[[TrainJob], Any] = _default_build
+    #: `build(job) -> trainer`; it sets ``job.tokenizer``. None: the policy and ``trainer_class`` on ``job.rows``
+    #: (`cai.training.common.policy_trainer`).
+    build: Callable[[TrainJob], Any] | None = None
     #: `summary(trainer, job) -> dict`: what it adds to the summary after training.
     summary: Callable[[Any, TrainJob], dict[str, Any]] = _no_summary
     #: Keyword options that are not config fields, with their defaults (``reward_model``, ``limit``...).
@@ -161,5 +156,30 @@ def commands_for_kind(kind: str) -> str:
     return " / ".join(names) + (" (as --prompts)" if kind == "prompts" else "")
 
 
-__all__ = ["TrainerSpec", "TrainJob", "register_trainer", "trainer_registry", "get_trainer", "resolve_class",
-           "commands_for_kind"]
+def config_class(trainer: str) -> type:
+    """The TRL config class behind one of the registered trainers (imports trl)."""
+    return get_trainer(trainer).config_cls()
+
+
+def check_config_fields(trainer: str, fields: dict[str, Any], source: str) -> None:
+    """Refuse, before any model loads, what the trainer's TRL config would not take.
+
+    Unknown keys (naming the close ones), values of the wrong type or out of range,
+    and combinations the config class itself refuses, each as one line naming ``source``.
+    """
+    import tempfile
+
+    from cai.training.config import TrainingConfigError, build_config
+
+    spec = get_trainer(trainer)
+    cls = spec.config_cls()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            build_config(cls, tmp, defaults=dict(spec.defaults), config=fields, config_source=source)
+        except TrainingConfigError as e:
+            msg = str(e)
+            raise TrainingConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+__all__ = ["check_config_fields", "config_class", "TrainerSpec", "TrainJob", "register_trainer", "trainer_registry",
+           "get_trainer", "resolve_class", "commands_for_kind"]
