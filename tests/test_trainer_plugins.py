@@ -116,3 +116,23 @@ def test_plugin_trainer_gets_a_cai_train_command_with_its_trl_flags(plugin, pref
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["trainer"] == "kto" and summary["steps"] == 1 and summary["config"]["desirable_weight"] == 2.0
+
+
+def test_a_plugin_trainer_can_be_the_rounds_rl_step(plugin, tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+    from test_rounds import write_config
+
+    from cai.cli.main import cli
+
+    rl = "  rl: {config: {total_episodes: 4, per_device_train_batch_size: 2, response_length: 8, num_ppo_epochs: 1}}"
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1, **{
+        rl: "  rl: {algorithm: kto, config: {max_steps: 1, max_length: 128}}",
+        "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, preferences, rl]\nstages:\n",
+        "per_round: 6": "per_round: 4"})
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run"), "--no-report"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "run/round-1/rl/training_summary.json").read_text())
+    assert summary["trainer"] == "kto" and summary["steps"] == 1
+    unknown = write_config(tmp_path / "bad.yaml", tiny_model_dir, rounds=1, **{rl: "  rl: {algorithm: nope}"})
+    r = CliRunner().invoke(cli, ["run", str(unknown), "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "stages.rl.algorithm: trainer 'nope' unknown" in r.output and "kto" in r.output
