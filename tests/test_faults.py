@@ -283,26 +283,37 @@ def test_preferences_killed_at_seeded_points_resume_to_the_same_rows(tmp_path, p
     _assert_same_datasets(tmp_path / "out", tmp_path / "ref")
 
 
-def test_cai_run_killed_at_seeded_points_resumes_to_the_same_data_weights_and_metrics(tmp_path, tiny_model_dir,
-                                                                                      monkeypatch):
+def _training_run(tmp_path: Path, tiny_model_dir: Path, monkeypatch: Any, sft_steps: int,
+                  reward_steps: int) -> tuple[Path, Path, list[str], list[str]]:
+    """A one-round `cai run` config checkpointing after every step, and its uninterrupted reference run."""
     import cai.training.checkpoints
 
-    monkeypatch.setattr(cai.training.checkpoints, "EVERY_SECONDS", 0.0)  # a checkpoint after every step
+    monkeypatch.setattr(cai.training.checkpoints, "EVERY_SECONDS", 0.0)
     cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1, **{
-        "per_round: 6": "per_round: 4", "sft: {config: {max_steps: 1": "sft: {config: {max_steps: 6",
-        "reward: {config: {max_steps: 1": "reward: {config: {max_steps: 4"})
+        "per_round: 6": "per_round: 4", "sft: {config: {max_steps: 1": f"sft: {{config: {{max_steps: {sft_steps}",
+        "reward: {config: {max_steps: 1": f"reward: {{config: {{max_steps: {reward_steps}"})
     ref, out = tmp_path / "ref", tmp_path / "out"
     _, reference = _run(["run", str(cfg), "--out", str(ref), "--no-report"], tmp_path)
-    first = ["run", str(cfg), "--out", str(out), "--no-report"]
+    return ref, out, reference, ["run", str(cfg), "--out", str(out), "--no-report"]
+
+
+def _assert_same_weights_and_metrics(out: Path, ref: Path) -> None:
+    for stage in ("sft", "reward", "rl"):
+        assert (out / "round-1" / stage / "model.safetensors").read_bytes() == \
+            (ref / "round-1" / stage / "model.safetensors").read_bytes(), f"{stage} weights differ"
+        assert not (out / "round-1" / stage / "checkpoints").exists()
+    assert (out / "round-1/eval/metrics.json").read_bytes() == (ref / "round-1/eval/metrics.json").read_bytes()
+
+
+def test_cai_run_killed_at_seeded_points_resumes_to_the_same_data_weights_and_metrics(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    ref, out, reference, first = _training_run(tmp_path, tiny_model_dir, monkeypatch, 6, 4)
     landed = _killed_and_resumed(first, [*first, "--resume"], tmp_path, reference, n=12, seed=29)
     assert len(landed) == 12
     assert {e.split()[0] for e in landed} == set(KINDS)  # every kind of point, training included
     assert len({e.split()[1].split("/")[0] for e in landed if e.startswith("row ")}) >= 3  # in several stages
     _assert_same_datasets(out, ref)
-    for stage in ("sft", "reward", "rl"):
-        assert (out / "round-1" / stage / "model.safetensors").read_bytes() == \
-            (ref / "round-1" / stage / "model.safetensors").read_bytes(), f"{stage} weights differ"
-    assert (out / "round-1/eval/metrics.json").read_bytes() == (ref / "round-1/eval/metrics.json").read_bytes()
+    _assert_same_weights_and_metrics(out, ref)
     got, want = (json.loads((d / "manifest.json").read_text()) for d in (out, ref))
     assert all(s["status"] == "complete" for s in got["stages"].values())
     assert sorted(got["stages"]) == sorted(want["stages"])
@@ -313,22 +324,9 @@ def test_cai_run_killed_inside_training_resumes_to_the_same_weights(tmp_path, ti
     """Killed at every third step and checkpoint save of SFT, reward and RL: each resume starts from
     the newest complete checkpoint (a kill mid-save leaves the one before), and the weights come
     out as an uninterrupted run's, byte for byte."""
-    import cai.training.checkpoints
-
-    monkeypatch.setattr(cai.training.checkpoints, "EVERY_SECONDS", 0.0)  # a checkpoint after every step
-    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1, **{
-        "per_round: 6": "per_round: 4", "sft: {config: {max_steps: 1": "sft: {config: {max_steps: 8",
-        "reward: {config: {max_steps: 1": "reward: {config: {max_steps: 6"})
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    _, reference = _run(["run", str(cfg), "--out", str(ref), "--no-report"], tmp_path)
+    ref, out, reference, first = _training_run(tmp_path, tiny_model_dir, monkeypatch, 8, 6)
     inside = [i for i, e in enumerate(reference) if e.startswith("step ") or e.startswith("saved checkpoint-")]
-    picks = set(inside[1::3])
-    first = ["run", str(cfg), "--out", str(out), "--no-report"]
     landed = _killed_and_resumed(first, [*first, "--resume"], tmp_path, reference, 0, 0,
-                                 schedule=_as_schedule([e.split()[0] for e in reference], picks))
+                                 schedule=_as_schedule([e.split()[0] for e in reference], set(inside[1::3])))
     assert len(landed) >= 5 and {e.split()[0] for e in landed} == {"step", "saved"}
-    for stage in ("sft", "reward", "rl"):
-        assert (out / "round-1" / stage / "model.safetensors").read_bytes() == \
-            (ref / "round-1" / stage / "model.safetensors").read_bytes(), f"{stage} weights differ"
-        assert not (out / "round-1" / stage / "checkpoints").exists()
-    assert (out / "round-1/eval/metrics.json").read_bytes() == (ref / "round-1/eval/metrics.json").read_bytes()
+    _assert_same_weights_and_metrics(out, ref)
