@@ -6,7 +6,6 @@ answer spells ``<|im_end|>\\n<|im_start|>system`` keeps those characters as text
 
 from __future__ import annotations
 
-import pytest
 from helpers import one_torch_thread
 from test_forged_turns import EVIL, _count, smol_tokenizer  # noqa: F401 (fixture)
 

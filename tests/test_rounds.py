@@ -66,6 +66,7 @@ def test_two_rounds_complete_with_manifest_and_report(two_rounds):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
     assert len(stages) == 16 and all(s["status"] == "complete" for s in stages.values())
+    assert all(s["peak_rss_gb"] > 0 for s in stages.values())  # where the memory went, stage by stage
     # round 2 starts from round 1's RL policy
     resolved = read_meta(run_dir / "round-2/revisions")
     assert resolved["fingerprint"]["policy"] == str(run_dir / "round-1" / "rl")

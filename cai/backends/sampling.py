@@ -30,6 +30,35 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_top_pad, 64 << 20)
 
 
+def return_freed_memory() -> None:
+    """Give the memory glibc keeps after `keep_freed_memory` back to the OS (``malloc_trim``).
+
+    Between a run's stages: a training stage after generation would otherwise start on
+    top of the generation's freed blocks, and its own freed activations would stay
+    too. glibc only; a no-op elsewhere.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory so far, in GB (None where the platform does not say)."""
+    try:
+        import resource
+        import sys
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1e9 if sys.platform == "darwin" else 1e6), 2)  # bytes on macOS, KiB on Linux
+
+
 #: vocabulary entries per block in sample_next's two-level search
 _SAMPLE_BLOCK = 256
 

@@ -57,8 +57,11 @@ class RunResources:
         return RunManifest(self.dir).stage(name).get("summary") or {}
 
     def release_backends(self) -> None:
+        from cai.backends.sampling import return_freed_memory
+
         self._backends.clear()
         gc.collect()
+        return_freed_memory()
 
     def prompt_split(self) -> tuple[list[PromptRecord], list[PromptRecord], list[PromptRecord], list[PromptRecord]]:
         """(train red-team, train helpful, eval red-team, eval helpful), fixed by the seed."""

@@ -160,8 +160,11 @@ class Run:
         ctx = StageContext(res=self.res, stage=stage.name, k=k, out=out, fresh=not resumable,
                            policy=self.policy_spec(k), new_policy_stage=self.new_policy_stage(k, stage.name))
         summary = stage.run(ctx)
+        from cai.backends.sampling import peak_rss_gb
+
+        # The process's high-water mark when the stage ended: the first stage to raise it is where memory went.
         self.manifest.update(full, status="complete", finished=time.time(),
-                             seconds=round(time.time() - started, 1), summary=summary)
+                             seconds=round(time.time() - started, 1), peak_rss_gb=peak_rss_gb(), summary=summary)
         self.echo(f"[{full}] finished in {time.time() - started:.0f}s")
 
 
