@@ -280,3 +280,11 @@ def test_top_p_beyond_the_candidates_falls_back_to_the_full_sort():
     drawn = sample_next(logits[1::2], 1.0, 0.7, g)  # 0.6 < 0.7: both tokens, at 0.6 : 0.4
     assert set(drawn.unique().tolist()) == {5, 900}
     assert abs(drawn.eq(5).float().mean().item() - 0.6) < 0.015
+
+
+def test_an_unknown_backend_kind_names_the_known_ones():
+    from cai.backends import make_backend
+    from cai.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"backend 'nope' unknown; use one of: openai, ray, transformers, vllm"):
+        make_backend("smollm2-135m", kind="nope")

@@ -136,3 +136,15 @@ def test_a_plugin_trainer_can_be_the_rounds_rl_step(plugin, tmp_path, tiny_model
     unknown = write_config(tmp_path / "bad.yaml", tiny_model_dir, rounds=1, **{rl: "  rl: {algorithm: nope}"})
     r = CliRunner().invoke(cli, ["run", str(unknown), "--out", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "stages.rl.algorithm: trainer 'nope' unknown" in r.output and "kto" in r.output
+
+
+def test_an_rl_algorithm_that_trains_on_sft_rows_is_refused(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+    from test_rounds import write_config
+
+    from cai.cli.main import cli
+
+    rl = "  rl: {config: {total_episodes: 4, per_device_train_batch_size: 2, response_length: 8, num_ppo_epochs: 1}}"
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, rounds=1, **{rl: "  rl: {algorithm: sft}"})
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "stages.rl.algorithm sft trains on 'sft' rows" in r.output
