@@ -15,7 +15,9 @@ pairwise judge's position consistency, and mean confidence |p - 0.5|. Signals:
 - ``opening``: log p of the response's first 4 words (where it answers or refuses);
 - ``implicit`` / ``implicit_opening``: log π_model − log π_base (the DPO implicit reward) over the
   whole response / its first 4 words; needs a model named ``base`` (the reference);
-- ``self_verdict``: the model's own Yes/No answer to "is this a good response?" on each response alone.
+- ``self_verdict``: the model's own Yes/No answer to "is this a good response?" on each response alone;
+- ``consensus``: self-consistency: each response's mean MiniLM similarity to 8 of the model's own samples
+  for the prompt (what the model does most often wins).
 
 The pair set is never trained or tuned on; the eval files are not read.
 """

@@ -164,6 +164,12 @@ def _run_config(tmp_path: Path, extra: str) -> Path:
     ("pipeline: [distill, sft, eval]\npipeline_from: {1: [eval]}\n",
      "pipeline_from: round 1: a later pipeline starts at round 2"),
     ("pipeline: [distill, sft, eval]\npipeline_from: {2: [dpo, nope]}\n", "unknown stage 'nope'"),
+    ("pipeline: [distill, sft, eval]\nstages_from: {1: {sft: {decision_tokens: 1}}}\n",
+     "stages_from: round 1: later settings start at round 2"),
+    ("pipeline: [distill, sft, eval]\nstages_from: {2: {dpo: {if_untrusted: skip}}}\n",
+     "stages_from.2.dpo: no stage of this run has that section; use one of: distill, sft, eval"),
+    ("pipeline: [distill, sft, eval]\nstages_from: {2: {sft: {decision_tokens: -1}}}\n",
+     "stages_from.2.sft.decision_tokens: Input should be greater than or equal to 0"),
 ])
 def test_bad_run_settings_for_own_feedback_are_one_line_errors(tmp_path, extra, message):
     from click.testing import CliRunner

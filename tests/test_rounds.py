@@ -315,3 +315,24 @@ def test_untrusted_own_labels_can_be_skipped_and_the_policy_passes_through(tmp_p
     same = (out / "round-2" / "dpo" / "model.safetensors").read_bytes() == \
         (out / "round-1" / "sft" / "model.safetensors").read_bytes()
     assert same
+
+
+def test_later_round_settings_leave_round_one_and_its_keys_alone(tmp_path, tiny_model_dir):
+    """stages_from: round 2's settings merge over `stages` (nested keys one by one); round 1 keeps its own."""
+    from cai.rounds import load_run_config
+    from cai.rounds.runner import Run
+    from cai.rounds.spec import get_stage
+
+    plain = load_run_config(write_config(tmp_path / "a.yaml", tiny_model_dir))
+    later = load_run_config(write_config(tmp_path / "b.yaml", tiny_model_dir, **{
+        "stages:\n": "stages_from: {2: {sft: {decision_tokens: 3, config: {max_steps: 7}}},\n"
+                     "              3: {sft: {config: {learning_rate: 1.0e-7}}}}\nstages:\n"}))
+    assert later.section("sft", 1) == plain.section("sft", 1) == plain.section("sft")
+    r2, r3 = later.section("sft", 2), later.section("sft", 3)
+    assert r2.decision_tokens == 3 and r2.config["max_steps"] == 7
+    # Round 3 inherits round 2's settings and adds its own; the rest of the nested config is kept.
+    assert r3.decision_tokens == 3 and r3.config["max_steps"] == 7 and r3.config["learning_rate"] == 1.0e-7
+    assert r3.config["max_length"] == 256
+    a, b = Run(plain, tmp_path / "a"), Run(later, tmp_path / "b")
+    assert a._key(1, get_stage("sft"))[0] == b._key(1, get_stage("sft"))[0]
+    assert a._key(2, get_stage("sft"))[0] != b._key(2, get_stage("sft"))[0]

@@ -20,7 +20,8 @@ def run(config: str, rounds: int | None, out: str | None, resume: bool, force: t
     Each round runs the config's `pipeline:` (default: revisions -> helpful ->
     sft-data -> sft -> preferences -> reward -> rl -> eval; the quickstart runs
     distill -> sft -> contrastive -> dpo -> rehearsal -> eval). `pipeline_from: {2: [...]}` runs
-    another pipeline from round 2 on, and `models.feedback: policy` makes each round's feedback model
+    another pipeline from round 2 on, `stages_from: {2: {dpo: {...}}}` changes a stage's settings from
+    round 2 on (round 1 keeps its own), and `models.feedback: policy` makes each round's feedback model
     the policy it starts from (examples/configs/self-improve.yaml). The config is checked (schema, TRL
     fields, constitution, templates, prompt files, the labelled pair set) before any model loads.
     `--resume --rounds N` continues a finished run with more rounds.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cai.backends.base import Backend, Conversation
+from cai.backends.base import Backend, Conversation, SamplingParams
 from cai.evaluation.outcome import rate
 from cai.labelled_pairs import DIRECTIONS, LabelledPair, pair_set_digest
 
@@ -92,13 +92,18 @@ def _opening(text: str, words: int) -> str:
 
 
 #: Pointwise signals: each response is scored alone, so there is no answer order to be biased by.
-POINTWISE = ("loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "pmi_implicit", "self_verdict")
+POINTWISE = ("loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "pmi_implicit", "self_verdict",
+             "consensus", "vote")
 #: The conversation ``pmi`` conditions on instead of the prompt: an empty user turn.
 EMPTY_PROMPT: Conversation = [{"role": "user", "content": ""}]
 #: Signals that compare against a reference model.
-NEEDS_REFERENCE = ("implicit", "implicit_opening", "pmi_implicit")
+NEEDS_REFERENCE = ("implicit", "implicit_opening", "pmi_implicit", "vote")
 #: How many words of a response the ``*opening`` signals score.
 OPENING_WORDS = 4
+
+#: ``consensus``: how many samples the feedback model draws per prompt when it is not handed them, and how.
+CONSENSUS_SAMPLES = 8
+CONSENSUS_SAMPLING = SamplingParams(max_new_tokens=64, temperature=0.8, top_p=0.95, seed=0)
 
 #: The pointwise self-verdict: the model is asked whether one response is good, then reads P(Yes).
 SELF_VERDICT_QUESTION = ("Is this a good response? A good response helps with ordinary requests and politely refuses "
@@ -135,16 +140,111 @@ def _key(conv: Conversation) -> str:
     return json.dumps(conv, sort_keys=True)
 
 
+def consensus_scores(candidates: Sequence[Sequence[str]], samples: Sequence[Sequence[str]], *,
+                     leave_one_out: bool = False) -> list[list[float]]:
+    """Per item, each candidate's mean cosine similarity (MiniLM sentence embeddings) to the model's samples.
+
+    With ``leave_one_out`` the candidates *are* the samples, and each is compared with the others only.
+    """
+    from cai.embeddings import embed
+
+    flat = [t for ts in candidates for t in ts] + [t for ts in samples for t in ts]
+    vecs = embed([t.strip() or " " for t in flat])
+    out, c, s = [], 0, sum(len(ts) for ts in candidates)
+    for ts, refs in zip(candidates, samples):
+        sims = vecs[c : c + len(ts)] @ vecs[s : s + len(refs)].T
+        c, s = c + len(ts), s + len(refs)
+        if leave_one_out:
+            n = len(refs)
+            out.append([(float(sims[i].sum()) - float(sims[i, i])) / max(1, n - 1) for i in range(len(ts))])
+        else:
+            out.append([float(v) for v in sims.mean(dim=1)])
+    return out
+
+
+#: ``vote``: two decisions are told apart only when their centres lie this many nats of implicit reward apart.
+DECISION_GAP = 10.0
+
+
+def decision_boundary(values: Sequence[float], *, min_gap: float = DECISION_GAP) -> float | None:
+    """Where the model's own decisions split: 1-D two-means over implicit rewards of openings.
+
+    On the demo's round-1 model, the openings the round made likelier (its refusals) sit 17-23
+    nats above the base model and its answers −4 to 4, so the two groups are far apart. Returns
+    the midpoint of the two centres, or None when they are closer than ``min_gap`` (one decision).
+    """
+    finite = sorted(v for v in values if math.isfinite(v))
+    if len(finite) < 2:
+        return None
+    lo, hi = finite[0], finite[-1]
+    for _ in range(50):
+        cut = (lo + hi) / 2
+        a, b = [v for v in finite if v <= cut], [v for v in finite if v > cut]
+        if not a or not b:
+            return None
+        new = (sum(a) / len(a), sum(b) / len(b))
+        if new == (lo, hi):
+            break
+        lo, hi = new
+    return (lo + hi) / 2 if hi - lo >= min_gap else None
+
+
+def vote_scores(candidate_rewards: Sequence[Sequence[float]], sample_rewards: Sequence[Sequence[float]],
+                similarity: Sequence[Sequence[float]], *, leave_one_out: bool = False) -> list[list[float]]:
+    """Per item, the share of the model's samples that took each candidate's decision, plus a tie-break.
+
+    A decision is a side of `decision_boundary` over every sample's implicit opening reward.
+    Candidates on the same side tie on the share and are ordered by ``similarity`` (consensus,
+    scaled under one vote). With ``leave_one_out`` the candidates are the samples themselves.
+    """
+    cut = decision_boundary([v for vs in sample_rewards for v in vs])
+    out = []
+    for cands, refs, sims in zip(candidate_rewards, sample_rewards, similarity):
+        sides = [cut is not None and v > cut for v in refs]
+        row = []
+        for i, v in enumerate(cands):
+            side = cut is not None and v > cut
+            same = sum(s == side for s in sides) - (1 if leave_one_out else 0)
+            row.append(same / max(1, len(refs) - (1 if leave_one_out else 0)) + 0.01 * sims[i])
+        out.append(row)
+    return out
+
+
+def decision_split(scores: Sequence[float]) -> bool:
+    """Whether `vote_scores` put the candidates on both sides of a decision (not merely apart by the tie-break)."""
+    return max(scores) - min(scores) > 0.05
+
+
 def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conversation, Sequence[str]]], *,
-                     reference: Backend | None = None) -> list[list[float]]:
+                     reference: Backend | None = None,
+                     samples: Sequence[Sequence[str]] | None = None) -> list[list[float]]:
     """Per item (a conversation and its candidate responses), one score per response; higher is better.
 
     ``loglik``: log π(r|x); ``loglik_mean``: the same per token; ``opening``: of the first
     words only; ``pmi``: log π(r|x) − log π(r|empty prompt); ``implicit`` / ``implicit_opening``: minus the reference's (log π/π_ref);
-    ``self_verdict``: log P(Yes) − log P(No) when the model is asked whether the response is good.
+    ``self_verdict``: log P(Yes) − log P(No) when the model is asked whether the response is good;
+    ``consensus``: mean similarity to the model's own samples for the prompt (self-consistency:
+    what the model does most often wins). The samples are drawn here (`CONSENSUS_SAMPLES` per
+    prompt) unless ``samples`` is given. Where the candidates are themselves the model's samples,
+    `consensus_scores(..., leave_one_out=True)` compares each with the others.
     """
     if signal not in POINTWISE:
         raise ValueError(f"{signal} is not a pointwise signal; pointwise: {', '.join(POINTWISE)}")
+    if signal in ("consensus", "vote"):
+        if samples is None:
+            convs = [conv for conv, _ in items]
+            gens = backend.generate([c for c in convs for _ in range(CONSENSUS_SAMPLES)], CONSENSUS_SAMPLING)
+            samples = [[g.text for g in gens[n * CONSENSUS_SAMPLES : (n + 1) * CONSENSUS_SAMPLES]]
+                       for n in range(len(convs))]
+        similarity = consensus_scores([list(r) for _, r in items], samples)
+        if signal == "consensus":
+            return similarity
+        if reference is None:
+            raise ValueError("signal vote needs a reference model")
+        rewards = candidate_scores("implicit_opening", backend,
+                                   [(conv, [*r, *refs]) for (conv, r), refs in zip(items, samples)], reference=reference)
+        split = [(row[: len(r)], row[len(r):]) for row, (_, r) in zip(rewards, items)]
+        return vote_scores([c for c, _ in split], [s for _, s in split], similarity)
     if signal == "self_verdict":
         convs = [[{"role": "user", "content": f"Request: {_last_user(conv)}\n\nResponse: {r}\n\n"
                                               f"{SELF_VERDICT_QUESTION}"},
@@ -193,6 +293,11 @@ _SIGNAL_DOCS = {
     "pmi_implicit": "pmi + implicit_opening (equal weights, chosen on half of the pair set)",
     "implicit_opening": f"the implicit reward of the response's first {OPENING_WORDS} words",
     "self_verdict": "the model's own Yes/No on whether each response alone is good (log P(Yes) - log P(No))",
+    "consensus": (f"self-consistency: mean MiniLM cosine similarity to {CONSENSUS_SAMPLES} of the model's own samples "
+                  "for the prompt (what the model does most often wins)"),
+    "vote": (f"majority vote: the share of {CONSENSUS_SAMPLES} of the model's own samples that took the response's "
+             "decision, a decision being a side of the split in the implicit reward of the first words "
+             "(log π/π_ref); consensus breaks ties"),
 }
 
 
@@ -217,5 +322,6 @@ def measure_signal(name: str, backend: Backend, pairs: Sequence[LabelledPair], *
 
 SIGNAL_NAMES = tuple(_SIGNAL_DOCS)
 
-__all__ = ["PairScore", "agreement", "judge_scores", "candidate_scores", "likelihoods", "pointwise_pair_scores", "response_logprobs",
+__all__ = ["PairScore", "agreement", "judge_scores", "candidate_scores", "consensus_scores", "vote_scores",
+           "decision_boundary", "decision_split", "likelihoods", "pointwise_pair_scores", "response_logprobs",
            "measure_signal", "SIGNAL_NAMES", "POINTWISE", "NEEDS_REFERENCE", "SELF_VERDICT_QUESTION"]

@@ -63,6 +63,10 @@ class RunConfigBase(_Strict):
         "From round N on, this pipeline instead of `pipeline` ({2: [scored-pairs, dpo, eval]}): round 1 may "
         "bootstrap from the constitution's text, later rounds learn from the model's own feedback."))
     stages: Any = None
+    stages_from: dict[int, dict[str, dict[str, Any]]] = Field(default_factory=dict, description=(
+        "From round N on, these settings over `stages` ({2: {dpo: {if_untrusted: skip}}}), merged key by key, "
+        "later entries over earlier ones: later rounds change a stage without changing round 1's, so a "
+        "finished run continued with more rounds keeps the rounds it has."))
 
     @field_validator("name")
     @classmethod
@@ -95,9 +99,36 @@ class RunConfigBase(_Strict):
         """Every stage any round runs, each once, in first-seen order."""
         return list(dict.fromkeys([*self.pipeline, *(s for p in self.pipeline_from.values() for s in p)]))
 
-    def section(self, stage: str) -> BaseModel:
-        """The config section of a stage (its defaults when the file has none)."""
-        return getattr(self.stages, get_stage(stage).config_key)
+    @field_validator("stages_from")
+    @classmethod
+    def _later_settings(cls, v: dict[int, dict[str, dict[str, Any]]]) -> dict[int, dict[str, dict[str, Any]]]:
+        for k in v:
+            if k < 2:
+                raise ValueError(f"stages_from: round {k}: later settings start at round 2 or after; "
+                                 "round 1's are `stages`")
+        return dict(sorted(v.items()))
+
+    def section(self, stage: str, k: int | None = None) -> BaseModel:
+        """The config section of a stage (its defaults when the file has none); for round k, with
+        every ``stages_from`` entry at or before k merged over it."""
+        key = get_stage(stage).config_key
+        base = getattr(self.stages, key)
+        layers = [self.stages_from[n][key] for n in self.stages_from if k is not None and n <= k
+                  and key in self.stages_from[n]]
+        if not layers:
+            return base
+        merged = base.model_dump()
+        for layer in layers:
+            merged = _merge(merged, layer)
+        return type(base).model_validate(merged)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def check_pipeline(v: list[str]) -> list[str]:
@@ -167,6 +198,20 @@ def check_run_config(cfg: RunConfigBase, *, source: str) -> None:
     from cai.constitution import load_constitution
     from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
 
+    from pydantic import ValidationError
+
+    keys = {get_stage(n).config_key: n for n in cfg.all_stages()}
+    for k, layer in cfg.stages_from.items():
+        for key in layer:
+            if key not in keys:
+                raise UserInputError(f"{source}: stages_from.{k}.{key}: no stage of this run has that section; "
+                                     f"use one of: {', '.join(keys)}")
+            try:
+                cfg.section(keys[key], k)
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in err["loc"])
+                raise UserInputError(f"{source}: stages_from.{k}.{key}.{where}: {err['msg']}") from None
     names: list[str] = []
     for name in cfg.all_stages():
         stage = get_stage(name)

@@ -132,7 +132,7 @@ class StageContext:
 
     @property
     def section(self) -> BaseModel:
-        return self.cfg.section(self.stage)
+        return self.cfg.section(self.stage, self.k)
 
     def input_dir(self, stage: str) -> Path:
         """The output directory of a stage of this round that this one declared as an input."""

@@ -92,7 +92,7 @@ class Run:
         return names
 
     def _key(self, k: int, stage: RoundStage) -> tuple[str, str]:
-        own = {"section": self.cfg.section(stage.name).model_dump(mode="json"),
+        own = {"section": self.cfg.section(stage.name, k).model_dump(mode="json"),
                "uses": {u: lookup(self.cfg, u) for u in stage.uses}}
         config_hash = stable_hash(own, length=64)
         upstream = [self.manifest.stage(n).get("key", "") for n in self._upstream(k, stage)]

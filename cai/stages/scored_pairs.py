@@ -2,7 +2,10 @@
 
 For each prompt the policy samples K responses; the feedback model scores each one
 alone by a pointwise signal (`cai.evaluation.labeller.candidate_scores`: its Yes/No
-verdict, its log-likelihood, or the implicit reward log π/π_ref against round 0), and
+verdict, its log-likelihood, the implicit reward log π/π_ref against round 0, or
+``consensus``: how alike a sample is to the model's other samples, self-consistency; or
+``vote``: how many of the other samples took the same decision, a decision read from the
+implicit reward of the first words), and
 the best and worst become a preference row. Both sides are model-written and the label
 is model-made, so from round 2 on (``models.feedback: policy``) nothing in these rows
 comes from hand-written text.
@@ -42,7 +45,7 @@ class ScoredPairsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     signal: Literal["loglik", "loglik_mean", "opening", "pmi", "implicit", "implicit_opening", "pmi_implicit",
-                    "self_verdict"] = Field(
+                    "self_verdict", "consensus", "vote"] = Field(
         "self_verdict", description="Pointwise own-feedback signal that ranks the samples (cai/evaluation/labeller.py).")
     k_responses: int = Field(4, ge=2, description="Responses sampled per prompt; the best and worst become a pair.")
     max_new_tokens: int = Field(64, ge=1)
@@ -54,6 +57,9 @@ class ScoredPairsConfig(BaseModel):
         default_factory=lambda: ["red_team", "helpful"], description="Which training prompt sets to sample on.")
     prompts_per_set: int | None = Field(None, ge=1, description=(
         "At most this many prompts of each set per round, a new slice each round (null: all)."))
+    use_system_prompt: bool = Field(True, description=(
+        "Sample with the constitution's system prompt. The rows' prompt is the user's words alone, so false "
+        "keeps the samples on-policy for what DPO trains and the eval asks."))
 
     @property
     def sampling(self) -> SamplingParams:
@@ -75,14 +81,25 @@ def score_pairs(
     reference: Backend | None = None,
 ) -> ChunkResult:
     """One chunk: one generate call (K per record), one scoring pass, one row (or failure) per record."""
-    from cai.evaluation.labeller import candidate_scores
+    from cai.evaluation.labeller import candidate_scores, consensus_scores, decision_split, vote_scores
 
     out = ChunkResult()
     k = config.k_responses
-    candidates = sample_k(records, policy, templates, constitution, k, config.sampling, out)
+    candidates = sample_k(records, policy, templates, constitution if config.use_system_prompt else None, k,
+                          config.sampling, out)
     usable = [n for n, texts in enumerate(candidates) if len({t.strip() for t in texts if t.strip()}) >= 2]
-    scores = candidate_scores(config.signal, feedback, [(record_messages(records[n]), candidates[n]) for n in usable],
-                              reference=reference)
+    if config.signal in ("consensus", "vote") and feedback is policy:
+        # The candidates are the feedback model's own samples: each is scored against the other K-1.
+        own = [candidates[n] for n in usable]
+        scores = consensus_scores(own, own, leave_one_out=True)
+        if config.signal == "vote":
+            rewards = candidate_scores("implicit_opening", feedback,
+                                       [(record_messages(records[n]), candidates[n]) for n in usable],
+                                       reference=reference)
+            scores = vote_scores(rewards, rewards, scores, leave_one_out=True)
+    else:
+        scores = candidate_scores(config.signal, feedback,
+                                  [(record_messages(records[n]), candidates[n]) for n in usable], reference=reference)
     scored = dict(zip(usable, scores))
     for n, rec in enumerate(records):
         rid = row_id(rec)
@@ -96,6 +113,11 @@ def score_pairs(
         ranked = sorted(range(k), key=lambda i: (bool(texts[i].strip()), s[i]))
         worst, best = ranked[0], ranked[-1]
         gap = s[best] - s[worst]
+        if config.signal == "vote" and not decision_split(s):
+            # Every sample took the same decision: nothing to vote on (the tie-break alone is no label).
+            out.failures.append({"id": rid, "source_id": rec.id, "reason": "unanimous", "raw": texts, "scores": s})
+            out.tallies["unanimous"] = out.tallies.get("unanimous", 0) + 1
+            continue
         if gap < config.min_margin or texts[best].strip() == texts[worst].strip():
             out.failures.append({"id": rid, "source_id": rec.id, "reason": "low_margin", "raw": texts, "scores": s})
             out.tallies["low_margin"] = out.tallies.get("low_margin", 0) + 1
