@@ -10,7 +10,7 @@ import pytest
 from cai.errors import UserInputError
 from cai.rounds import run_config_class
 from cai.rounds.context import RunResources, StageContext
-from cai.rounds.label_source import choose
+from cai.rounds.label_source import choose, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,3 +140,20 @@ def test_decide_says_when_model_labels_are_taken_only_for_want_of_another_source
     assert decide(passing, passing.section).trusted is True
     at_chance = only_judge(ctx(tmp_path / "c", pipeline, consistency=0.1))  # no pair set: consistency decides
     assert decide(at_chance, at_chance.section).trusted is False
+
+
+def test_a_signal_is_held_to_the_directions_it_labels(tmp_path):
+    """vote pairs opposite decisions only: its quality figure is shown but does not gate it; the others do."""
+    from cai.rounds.manifest import RunManifest
+
+    pipeline = ["scored-pairs", "dpo"]
+    c = ctx(tmp_path, pipeline)
+    check = {"signal": "vote", "labelled_directions": ["refusal", "answer"], "position_consistency": None,
+             "directions": {"refusal": {"rate": 0.86}, "answer": {"rate": 0.8}, "quality": {"rate": 0.53}}}
+    RunManifest(c.res.dir).update("round-1/scored-pairs", status="complete", summary={"labeller_check": check})
+    choice = decide(c, c.section)
+    assert choice.source == "scored" and choice.trusted
+    assert "weakest 0.80 >= 0.75" in choice.why and "quality measured, not counted: vote makes no such pairs" in choice.why
+    check["directions"]["answer"]["rate"] = 0.6
+    RunManifest(c.res.dir).update("round-1/scored-pairs", summary={"labeller_check": check})
+    assert not decide(c, c.section).trusted

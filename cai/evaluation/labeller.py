@@ -162,6 +162,10 @@ def consensus_scores(candidates: Sequence[Sequence[str]], samples: Sequence[Sequ
     return out
 
 
+#: The directions a signal's training pairs can fall in, where not all. ``vote`` pairs a sample only with
+#: one that took the other decision, so it never labels two answers (the quality direction).
+LABELLED_DIRECTIONS: dict[str, tuple[str, ...]] = {"vote": ("refusal", "answer")}
+
 #: ``vote``: two decisions are told apart only when their centres lie this many nats of implicit reward apart.
 DECISION_GAP = 10.0
 
@@ -317,11 +321,13 @@ def measure_signal(name: str, backend: Backend, pairs: Sequence[LabelledPair], *
         scores = pointwise_pair_scores(name, backend, pairs, reference=reference)
     fig = agreement(pairs, scores, confidence=confidence, signal=name, model=backend.model_id)
     fig["about"] = _SIGNAL_DOCS[name]
+    if name in LABELLED_DIRECTIONS:
+        fig["labelled_directions"] = list(LABELLED_DIRECTIONS[name])
     return fig
 
 
 SIGNAL_NAMES = tuple(_SIGNAL_DOCS)
 
 __all__ = ["PairScore", "agreement", "judge_scores", "candidate_scores", "consensus_scores", "vote_scores",
-           "decision_boundary", "decision_split", "likelihoods", "pointwise_pair_scores", "response_logprobs",
+           "decision_boundary", "decision_split", "LABELLED_DIRECTIONS", "likelihoods", "pointwise_pair_scores", "response_logprobs",
            "measure_signal", "SIGNAL_NAMES", "POINTWISE", "NEEDS_REFERENCE", "SELF_VERDICT_QUESTION"]

@@ -60,12 +60,18 @@ def labeller_check(ctx: StageContext, source: str = "judge") -> dict[str, Any] |
 def _judge_verdict(check: dict[str, Any], section: LabelSourceChoice) -> tuple[bool, str]:
     """Whether pair-set figures make the labeller informative, and the sentence that says why."""
     rates = {d: v["rate"] for d, v in check["directions"].items()}
-    weakest = min(rates.values())
+    # A signal that never labels a direction's kind of pair (vote: no two answers) is held to the others.
+    labelled = [d for d in check.get("labelled_directions") or rates if d in rates] or list(rates)
+    weakest = min(rates[d] for d in labelled)
     pc = check.get("position_consistency")
     ok = weakest >= section.min_agreement and (pc is None or pc >= section.min_position_consistency)
     figures = ", ".join(f"{d} {r:.2f}" for d, r in rates.items())
     why = (f"labeller agreement with the labelled pairs {figures}: weakest {weakest:.2f} "
            f"{'>=' if weakest >= section.min_agreement else '<'} {section.min_agreement}")
+    unlabelled = [d for d in rates if d not in labelled]
+    if unlabelled:
+        why += (f" ({', '.join(unlabelled)} measured, not counted: {check.get('signal') or 'this signal'} "
+                "makes no such pairs)")
     if pc is not None:
         why += (f"; position consistency {pc:.2f} "
                 f"{'>=' if pc >= section.min_position_consistency else '<'} {section.min_position_consistency}")
