@@ -336,3 +336,26 @@ def test_later_round_settings_leave_round_one_and_its_keys_alone(tmp_path, tiny_
     a, b = Run(plain, tmp_path / "a"), Run(later, tmp_path / "b")
     assert a._key(1, get_stage("sft"))[0] == b._key(1, get_stage("sft"))[0]
     assert a._key(2, get_stage("sft"))[0] != b._key(2, get_stage("sft"))[0]
+
+
+def test_a_vote_round_with_nothing_to_vote_on_keeps_its_policy(tmp_path, tiny_model_dir):
+    """vote end to end on a tiny model: its samples' implicit rewards never split in two decisions, so every
+    prompt is a recorded 'unanimous' failure, and DPO passes round 1's model through and says why."""
+    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, **{
+        "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\n"
+                     "pipeline_from: {2: [scored-pairs, dpo, eval]}\nstages:\n",
+        "  eval: {": "  scored_pairs: {k_responses: 3, max_new_tokens: 6, signal: vote, use_system_prompt: false}\n"
+                     "  dpo: {config: {max_steps: 1, max_length: 256}}\n  eval: {"})
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    sp = stages["round-2/scored-pairs"]["summary"]
+    assert sp["signal"] == "vote" and sp["counts"]["rows"] == 0 and sp["counts"]["failed"] > 0
+    assert sp["labeller_check"]["labelled_directions"] == ["refusal", "answer"]
+    reasons = {f["reason"] for f in read_jsonl(out / "round-2" / "scored-pairs" / FAILURES_FILE)}
+    assert reasons == {"unanimous"}
+    dpo = stages["round-2/dpo"]["summary"]
+    assert dpo["skipped"] is True and "no preference rows, so no training" in dpo["label_source_why"]
+    assert (out / "round-2" / "dpo" / "model.safetensors").read_bytes() == \
+        (out / "round-1" / "sft" / "model.safetensors").read_bytes()

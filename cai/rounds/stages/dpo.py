@@ -28,21 +28,35 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # From this round's SFT model when the round has one; else (an own-feedback round) from its policy.
     start = str(ctx.input_dir("sft")) if ctx.has_input("sft") else ctx.policy
     if s.if_untrusted == "skip" and not choice.trusted:
-        from pathlib import Path
-
-        from cai.errors import UserInputError
-        from cai.models import resolve_model_path
-
         # Training on labels at chance does not improve a policy (docs/own-feedback.md): keep it as it was.
-        path = Path(resolve_model_path(start))
-        if not path.is_dir():
-            raise UserInputError(f"stages.dpo.if_untrusted: skip passes {start} through, which needs a local model "
-                                 "directory; use if_untrusted: train or a local policy")
-        shutil.copytree(path, ctx.out, dirs_exist_ok=True)
-        return {**describe(source, data, why + "; if_untrusted: skip, so no training"), "skipped": True,
-                "provenance": provenance(data)}
+        return _pass_through(ctx, start, describe(source, data, why + "; if_untrusted: skip, so no training"), data)
+    if not _has_rows(data):
+        # An own-feedback round can find nothing to vote on (every prompt's samples decided alike).
+        return _pass_through(ctx, start, describe(source, data, why + "; no preference rows, so no training"), data)
     res = train_dpo(data, start, ctx.out, config=s.config, lora=s.lora, average_tail=s.average_tail, resume=not ctx.fresh)
     return {**train_summary(res.summary), **describe(source, data, why), "provenance": provenance(data)}
+
+
+def _has_rows(data: Any) -> bool:
+    from pathlib import Path
+
+    f = Path(data) / "data.jsonl"
+    return not f.exists() or any(line.strip() for line in f.open(encoding="utf-8"))
+
+
+def _pass_through(ctx: StageContext, start: str, summary: dict[str, Any], data: Any) -> dict[str, Any]:
+    """The round's starting policy, copied as this stage's output, with why nothing was trained."""
+    from pathlib import Path
+
+    from cai.errors import UserInputError
+    from cai.models import resolve_model_path
+
+    path = Path(resolve_model_path(start))
+    if not path.is_dir():
+        raise UserInputError(f"stages.dpo passes {start} through untrained ({summary.get('label_source_why')}), "
+                             "which needs a local model directory; use if_untrusted: train or a local policy")
+    shutil.copytree(path, ctx.out, dirs_exist_ok=True)
+    return {**summary, "skipped": True, "provenance": provenance(data)}
 
 
 STAGE = register_stage(RoundStage(
