@@ -251,16 +251,23 @@ def test_a_fixed_feedback_model_does_not_make_round_two_read_round_one(tmp_path,
     assert follow._upstream(1, get_stage("rl")) == fixed._upstream(1, get_stage("rl"))
 
 
-def test_later_rounds_run_their_own_pipeline_on_the_models_own_feedback(tmp_path, tiny_model_dir):
-    """pipeline_from: round 1 bootstraps (SFT), round 2 learns only from its own samples and own labels."""
-    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, **{
+def own_feedback_run(tmp_path: Path, model: Path, scored: str, dpo: str) -> Path:
+    """A 2-round tiny run: round 1 bootstraps with SFT, round 2 is scored-pairs -> dpo -> eval; returns its dir."""
+    cfg = write_config(tmp_path / "run.yaml", model, **{
         "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\n"
                      "pipeline_from: {2: [scored-pairs, dpo, eval]}\nstages:\n",
-        "  eval: {": "  scored_pairs: {k_responses: 2, max_new_tokens: 8, signal: pmi}\n"
-                     "  dpo: {config: {max_steps: 1, max_length: 256}}\n  eval: {"})
+        "  eval: {": f"  scored_pairs: {{{scored}}}\n  dpo: {{{dpo}}}\n  eval: {{"})
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out)])
     assert r.exit_code == 0, r.output
+    return out
+
+
+def test_later_rounds_run_their_own_pipeline_on_the_models_own_feedback(tmp_path, tiny_model_dir):
+    """pipeline_from: round 1 bootstraps (SFT), round 2 learns only from its own samples and own labels."""
+    out = own_feedback_run(tmp_path, tiny_model_dir, "k_responses: 2, max_new_tokens: 8, signal: pmi",
+                           "config: {max_steps: 1, max_length: 256}")
+    cfg = tmp_path / "run.yaml"
     data = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
     assert [s["stage"] for s in data["stages"]] == [
         "round-1/revisions", "round-1/helpful", "round-1/sft-data", "round-1/sft", "round-1/eval",
@@ -301,15 +308,8 @@ def test_the_labelled_pair_set_enters_only_the_keys_of_the_stages_that_read_it(t
 
 def test_untrusted_own_labels_can_be_skipped_and_the_policy_passes_through(tmp_path, tiny_model_dir):
     """if_untrusted: skip: round 2's only pairs fail their pair-set check, so DPO keeps round 1's model."""
-    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, **{
-        "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\n"
-                     "pipeline_from: {2: [scored-pairs, dpo, eval]}\nstages:\n",
-        "  eval: {": "  scored_pairs: {k_responses: 2, max_new_tokens: 8, signal: loglik}\n"
-                     "  dpo: {if_untrusted: skip, min_agreement: 1.0, config: {max_steps: 1, max_length: 256}}\n"
-                     "  eval: {"})
-    out = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out)])
-    assert r.exit_code == 0, r.output
+    out = own_feedback_run(tmp_path, tiny_model_dir, "k_responses: 2, max_new_tokens: 8, signal: loglik",
+                           "if_untrusted: skip, min_agreement: 1.0, config: {max_steps: 1, max_length: 256}")
     dpo = json.loads((out / "manifest.json").read_text())["stages"]["round-2/dpo"]["summary"]
     assert dpo["skipped"] is True and "if_untrusted: skip, so no training" in dpo["label_source_why"]
     same = (out / "round-2" / "dpo" / "model.safetensors").read_bytes() == \
@@ -341,14 +341,9 @@ def test_later_round_settings_leave_round_one_and_its_keys_alone(tmp_path, tiny_
 def test_a_vote_round_with_nothing_to_vote_on_keeps_its_policy(tmp_path, tiny_model_dir):
     """vote end to end on a tiny model: its samples' implicit rewards never split in two decisions, so every
     prompt is a recorded 'unanimous' failure, and DPO passes round 1's model through and says why."""
-    cfg = write_config(tmp_path / "run.yaml", tiny_model_dir, **{
-        "stages:\n": "pipeline: [revisions, helpful, sft-data, sft, eval]\n"
-                     "pipeline_from: {2: [scored-pairs, dpo, eval]}\nstages:\n",
-        "  eval: {": "  scored_pairs: {k_responses: 3, max_new_tokens: 6, signal: vote, use_system_prompt: false}\n"
-                     "  dpo: {config: {max_steps: 1, max_length: 256}}\n  eval: {"})
-    out = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(out)])
-    assert r.exit_code == 0, r.output
+    out = own_feedback_run(tmp_path, tiny_model_dir,
+                           "k_responses: 3, max_new_tokens: 6, signal: vote, use_system_prompt: false",
+                           "config: {max_steps: 1, max_length: 256}")
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     sp = stages["round-2/scored-pairs"]["summary"]
     assert sp["signal"] == "vote" and sp["counts"]["rows"] == 0 and sp["counts"]["failed"] > 0
