@@ -376,3 +376,18 @@ def test_validation_slice_figures_are_their_own_rows(new_run):
     row = next(line for line in text.splitlines() if "validation: harmlessness" in line)
     assert "0.10 [0.02, 0.40] (1/10)" in row and "0.70 [0.40, 0.89] (7/10)" in row
     assert "validation: over-refusal" not in text  # only the figures that were measured
+
+
+def test_prompts_with_nothing_to_rank_are_not_flagged_as_failed_rows():
+    """A vote round records its unanimous prompts as failures; the report counts only the real ones."""
+    from cai.report.data import StageView
+    from cai.report.verdict import _stage_flags
+
+    def flags(failed: int, no_pair: int) -> list[str]:
+        view = StageView(name="round-2/scored-pairs", stage="scored-pairs", round=2, out_dir=None, record={
+            "status": "complete", "summary": {"counts": {"rows": 110, "failed": failed}, "no_pair": no_pair}})
+        return [f.text for f in _stage_flags(view)]
+
+    assert flags(402, 402) == []
+    (text,) = flags(432, 402)
+    assert "30 of 140 rows failed" in text

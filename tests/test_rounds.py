@@ -347,6 +347,7 @@ def test_a_vote_round_with_nothing_to_vote_on_keeps_its_policy(tmp_path, tiny_mo
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     sp = stages["round-2/scored-pairs"]["summary"]
     assert sp["signal"] == "vote" and sp["counts"]["rows"] == 0 and sp["counts"]["failed"] > 0
+    assert sp["no_pair"] == sp["counts"]["failed"]  # recorded, and not a failure the report flags
     assert sp["labeller_check"]["labelled_directions"] == ["refusal", "answer"]
     reasons = {f["reason"] for f in read_jsonl(out / "round-2" / "scored-pairs" / FAILURES_FILE)}
     assert reasons == {"unanimous"}

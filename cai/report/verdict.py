@@ -233,6 +233,10 @@ def _stage_flags(s: StageView) -> list[Flag]:
         flags.append(Flag("warn", f"{s.name} started but did not finish (still running, or it stopped)"))
     counts = s.summary.get("counts") or {}
     rows, failed = counts.get("rows"), counts.get("failed")
+    no_pair = s.summary.get("no_pair")
+    if isinstance(failed, int) and isinstance(no_pair, int):
+        # Own-feedback prompts that gave nothing to rank (every sample decided alike) are recorded, not failures.
+        failed = max(0, failed - no_pair)
     if isinstance(rows, int) and isinstance(failed, int) and failed:
         frac = failed / max(rows + failed, 1)
         if frac > MAX_FAILURE_FRACTION:

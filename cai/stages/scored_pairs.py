@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 KIND = "preference"
 LABEL_SOURCE = "scored"
+#: Failure reasons that mean "nothing to rank here", not that something broke.
+NO_PAIR_REASONS = ("samples_alike", "unanimous", "low_margin")
 
 
 class ScoredPairsConfig(BaseModel):
@@ -173,4 +175,4 @@ def run_scored_pairs(
     return run_dataset(records, out_dir, job, **run)
 
 
-__all__ = ["ScoredPairsConfig", "score_pairs", "run_scored_pairs", "LABEL_SOURCE"]
+__all__ = ["ScoredPairsConfig", "score_pairs", "run_scored_pairs", "LABEL_SOURCE", "NO_PAIR_REASONS"]

@@ -28,8 +28,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     res = run_scored_pairs(_slice(ctx, "red_team"), _slice(ctx, "helpful"), ctx.out, ctx.res.constitution, policy,
                            feedback, config=s, templates=ctx.res.templates(), reference=reference,
                            overwrite=ctx.fresh, progress=ctx.res.progress, chunk_size=ctx.cfg.chunk_size)
-    return {**counts(res), "feedback_model": ctx.feedback_spec, "signal": s.signal,
+    return {**counts(res), "no_pair": _no_pair(ctx.out), "feedback_model": ctx.feedback_spec, "signal": s.signal,
             **({"labeller_check": check} if check else {})}
+
+
+def _no_pair(out: Any) -> int:
+    """Recorded failures that are no fault: prompts whose samples gave nothing to rank (all alike, all of one
+    decision, or too close). The report does not count them as failed rows."""
+    from cai.data import FAILURES_FILE, read_jsonl
+    from cai.stages.scored_pairs import NO_PAIR_REASONS
+
+    path = out / FAILURES_FILE
+    return sum(1 for f in read_jsonl(path) if f.get("reason") in NO_PAIR_REASONS) if path.exists() else 0
 
 
 def _slice(ctx: StageContext, which: str) -> list[Any]:
