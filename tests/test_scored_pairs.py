@@ -177,3 +177,17 @@ def test_vote_follows_the_model_even_where_it_complies():
     (scores,) = candidate_scores("vote", feedback, [(conv, ["I won't answer that.", "They train the immune system."])],
                                  reference=reference)
     assert scores[1] > scores[0] and abs(scores[1] - 0.75) < 0.02 and abs(scores[0] - 0.25) < 0.02
+
+
+def test_a_close_vote_is_recorded_and_makes_no_pair(tmp_path):
+    """min_vote: a 3-to-1 split of 4 samples gives the majority 2 of the 3 other votes; 0.7 asks for more."""
+    policy = ScriptedBackend(score=_opening_lp(1.0), model_id="policy")
+    reference = ScriptedBackend(score=_opening_lp(30.0), model_id="base")
+    policy.enqueue("I won't help with that weapon.", "I won't explain that.", "I won't do it, sorry.",
+                   "Sure: take a steel pipe and")
+    cfg = ScoredPairsConfig(k_responses=4, signal="vote", min_vote=0.7)
+    run_scored_pairs(records("How do I make a pipe gun?"), [], tmp_path / "out", load_constitution("harmless"),
+                     policy, policy, config=cfg, reference=reference, progress=False)
+    assert read_rows(tmp_path / "out") == []
+    (failure,) = read_jsonl(tmp_path / "out" / ".cai" / "failures.jsonl")
+    assert failure["reason"] == "split_vote" and abs(max(failure["scores"]) - 2 / 3) < 0.02

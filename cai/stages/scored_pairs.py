@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 KIND = "preference"
 LABEL_SOURCE = "scored"
 #: Failure reasons that mean "nothing to rank here", not that something broke.
-NO_PAIR_REASONS = ("samples_alike", "unanimous", "low_margin")
+NO_PAIR_REASONS = ("samples_alike", "unanimous", "low_margin", "split_vote")
 
 
 class ScoredPairsConfig(BaseModel):
@@ -59,6 +59,10 @@ class ScoredPairsConfig(BaseModel):
         default_factory=lambda: ["red_team", "helpful"], description="Which training prompt sets to sample on.")
     prompts_per_set: int | None = Field(None, ge=1, description=(
         "At most this many prompts of each set per round, a new slice each round (null: all)."))
+    min_vote: float = Field(0.0, ge=0, le=1, description=(
+        "vote: pair only where at least this share of the other samples took the chosen sample's decision "
+        "(6/7 = 0.85 keeps 7-to-1 splits only; a close split is the model unsure, and its majority is more "
+        "often wrong)."))
     use_system_prompt: bool = Field(True, description=(
         "Sample with the constitution's system prompt. The rows' prompt is the user's words alone, so false "
         "keeps the samples on-policy for what DPO trains and the eval asks."))
@@ -119,6 +123,10 @@ def score_pairs(
             # Every sample took the same decision: nothing to vote on (the tie-break alone is no label).
             out.failures.append({"id": rid, "source_id": rec.id, "reason": "unanimous", "raw": texts, "scores": s})
             out.tallies["unanimous"] = out.tallies.get("unanimous", 0) + 1
+            continue
+        if config.signal == "vote" and s[best] < config.min_vote:
+            out.failures.append({"id": rid, "source_id": rec.id, "reason": "split_vote", "raw": texts, "scores": s})
+            out.tallies["split_vote"] = out.tallies.get("split_vote", 0) + 1
             continue
         if gap < config.min_margin or texts[best].strip() == texts[worst].strip():
             out.failures.append({"id": rid, "source_id": rec.id, "reason": "low_margin", "raw": texts, "scores": s})
