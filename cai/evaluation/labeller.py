@@ -220,8 +220,8 @@ def decision_split(scores: Sequence[float]) -> bool:
 
 
 def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conversation, Sequence[str]]], *,
-                     reference: Backend | None = None,
-                     samples: Sequence[Sequence[str]] | None = None) -> list[list[float]]:
+                     reference: Backend | None = None, samples: Sequence[Sequence[str]] | None = None,
+                     leave_one_out: bool = False) -> list[list[float]]:
     """Per item (a conversation and its candidate responses), one score per response; higher is better.
 
     ``loglik``: log π(r|x); ``loglik_mean``: the same per token; ``opening``: of the first
@@ -229,8 +229,8 @@ def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conver
     ``self_verdict``: log P(Yes) − log P(No) when the model is asked whether the response is good;
     ``consensus``: mean similarity to the model's own samples for the prompt (self-consistency:
     what the model does most often wins). The samples are drawn here (`CONSENSUS_SAMPLES` per
-    prompt) unless ``samples`` is given. Where the candidates are themselves the model's samples,
-    `consensus_scores(..., leave_one_out=True)` compares each with the others.
+    prompt) unless ``samples`` is given; with ``leave_one_out`` the candidates are themselves the
+    model's samples, and each is compared with the others only.
     """
     if signal not in POINTWISE:
         raise ValueError(f"{signal} is not a pointwise signal; pointwise: {', '.join(POINTWISE)}")
@@ -240,11 +240,14 @@ def candidate_scores(signal: str, backend: Backend, items: Sequence[tuple[Conver
             gens = backend.generate([c for c in convs for _ in range(CONSENSUS_SAMPLES)], CONSENSUS_SAMPLING)
             samples = [[g.text for g in gens[n * CONSENSUS_SAMPLES : (n + 1) * CONSENSUS_SAMPLES]]
                        for n in range(len(convs))]
-        similarity = consensus_scores([list(r) for _, r in items], samples)
+        similarity = consensus_scores([list(r) for _, r in items], samples, leave_one_out=leave_one_out)
         if signal == "consensus":
             return similarity
         if reference is None:
             raise ValueError("signal vote needs a reference model")
+        if leave_one_out:  # the candidates are the samples: one scoring pass
+            rewards = candidate_scores("implicit_opening", backend, items, reference=reference)
+            return vote_scores(rewards, rewards, similarity, leave_one_out=True)
         rewards = candidate_scores("implicit_opening", backend,
                                    [(conv, [*r, *refs]) for (conv, r), refs in zip(items, samples)], reference=reference)
         split = [(row[: len(r)], row[len(r):]) for row, (_, r) in zip(rewards, items)]

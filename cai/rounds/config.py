@@ -195,10 +195,10 @@ def load_run_config(path: str | Path, *, overrides: dict[str, Any] | None = None
 
 
 def check_run_config(cfg: RunConfigBase, *, source: str) -> None:
+    from pydantic import ValidationError
+
     from cai.constitution import load_constitution
     from cai.templates import TEMPLATE_VARIABLES, PromptTemplates
-
-    from pydantic import ValidationError
 
     keys = {get_stage(n).config_key: n for n in cfg.all_stages()}
     for k, layer in cfg.stages_from.items():

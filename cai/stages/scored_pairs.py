@@ -87,25 +87,18 @@ def score_pairs(
     reference: Backend | None = None,
 ) -> ChunkResult:
     """One chunk: one generate call (K per record), one scoring pass, one row (or failure) per record."""
-    from cai.evaluation.labeller import candidate_scores, consensus_scores, decision_split, vote_scores
+    from cai.evaluation.labeller import candidate_scores, decision_split
 
     out = ChunkResult()
     k = config.k_responses
     candidates = sample_k(records, policy, templates, constitution if config.use_system_prompt else None, k,
                           config.sampling, out)
     usable = [n for n, texts in enumerate(candidates) if len({t.strip() for t in texts if t.strip()}) >= 2]
-    if config.signal in ("consensus", "vote") and feedback is policy:
-        # The candidates are the feedback model's own samples: each is scored against the other K-1.
-        own = [candidates[n] for n in usable]
-        scores = consensus_scores(own, own, leave_one_out=True)
-        if config.signal == "vote":
-            rewards = candidate_scores("implicit_opening", feedback,
-                                       [(record_messages(records[n]), candidates[n]) for n in usable],
-                                       reference=reference)
-            scores = vote_scores(rewards, rewards, scores, leave_one_out=True)
-    else:
-        scores = candidate_scores(config.signal, feedback,
-                                  [(record_messages(records[n]), candidates[n]) for n in usable], reference=reference)
+    # Sample-reading signals with the policy as its own feedback model: the K candidates are the votes.
+    own = config.signal in ("consensus", "vote") and feedback is policy
+    scores = candidate_scores(config.signal, feedback, [(record_messages(records[n]), candidates[n]) for n in usable],
+                              reference=reference, samples=[candidates[n] for n in usable] if own else None,
+                              leave_one_out=own)
     scored = dict(zip(usable, scores))
     for n, rec in enumerate(records):
         rid = row_id(rec)
